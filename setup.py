@@ -1,0 +1,32 @@
+"""Installation script for speechbrain-s4m."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="speechbrain-s4m",
+    version="0.1.0",
+    description=(
+        "S4M: efficient speech separation with neural state-space models, "
+        "as a SpeechBrain plugin"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["speechbrain_s4m", "speechbrain_s4m.*"]),
+    install_requires=[
+        # PyPI's torchaudio wheels link against the CUDA build of torch; this
+        # pair imports on CPU-only and GPU machines alike (DESIGN.md, section 6).
+        "torch==2.11.0",
+        "torchaudio==2.11.0",
+        "speechbrain>=1.1.0,<1.2",
+        "hyperpyyaml>=1.2",
+        "soundfile>=0.12",
+        "numpy",
+        "fast_bss_eval>=0.1.4",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "mir_eval>=0.7"],
+    },
+)

@@ -1,0 +1,93 @@
+"""The S4M waveform encoder: a learned filterbank applied to the raw waveform.
+
+Authors
+ * speechbrain-s4m contributors
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class WaveformEncoder(nn.Conv1d):
+    """Conv1d(1 -> E, kernel K, stride K // 4, no bias), no activation.
+
+    In S4M, ``K`` is 4 ms of samples (32 at 8 kHz, 64 at 16 kHz) and ``E = K // 2 + 1``
+    basis channels. Like SpeechBrain's ``Encoder``, it maps waveforms ``[batch, time]``
+    to ``[batch, E, frames]``. The end of the signal is zero-padded so that the last
+    frame reaches the last sample: SpeechBrain's ``Decoder`` (ConvTranspose1d with the
+    same kernel and stride) then returns at least ``time`` samples, which the
+    separation pipeline trims to the mixture length.
+
+    Arguments
+    ---------
+    kernel_size : int
+        ``K``, the filter length in samples (at least 4).
+    out_channels : int, optional
+        ``E``, the number of basis filters; defaults to ``kernel_size // 2 + 1``.
+
+    Example
+    -------
+    >>> encoder = WaveformEncoder(kernel_size=32)
+    >>> mix = torch.randn(2, 8000)  # [batch, time], 1 s at 8 kHz
+    >>> encoder(mix).shape  # [batch, E, frames]
+    torch.Size([2, 17, 997])
+    """
+
+    def __init__(self, kernel_size: int, out_channels: Optional[int] = None):
+        if kernel_size < 4:
+            raise ValueError(
+                f"WaveformEncoder: kernel_size must be >= 4 (stride is kernel_size // 4), "
+                f"got {kernel_size}"
+            )
+        if out_channels is None:
+            out_channels = kernel_size // 2 + 1
+        super().__init__(
+            in_channels=1,
+            out_channels=out_channels,
+            kernel_size=kernel_size,
+            stride=kernel_size // 4,
+            bias=False,
+        )
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform filters, as in the authors' code. SpeechBrain's recipes call
+        this on every module before training."""
+        nn.init.xavier_uniform_(self.weight)
+
+    def num_frames(self, num_samples: int) -> int:
+        """Number of frames produced for ``num_samples`` input samples."""
+        (K,), (S,) = self.kernel_size, self.stride
+        return -(-max(num_samples - K, 0) // S) + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode waveforms.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, time]`` with ``time >= kernel_size``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, E, frames]``, with ``frames = ceil((time - K) / S) + 1``.
+        """
+        (K,), (S,) = self.kernel_size, self.stride
+        if x.dim() != 2:
+            raise ValueError(
+                f"WaveformEncoder: expected a waveform batch of shape [batch, time], "
+                f"got {tuple(x.shape)}"
+            )
+        T = x.shape[-1]
+        if T < K:
+            raise ValueError(
+                f"WaveformEncoder: input of {T} samples is shorter than one encoder "
+                f"kernel ({K} samples); got shape {tuple(x.shape)}, expected "
+                f"[batch, time >= {K}]"
+            )
+        pad = (self.num_frames(T) - 1) * S + K - T
+        x = F.pad(x, (0, pad)).unsqueeze(1)  # [batch, 1, time + pad]
+        return super().forward(x)

@@ -1,0 +1,409 @@
+"""The S4 layer: a structured state-space sequence model, in pure PyTorch.
+
+A continuous-time linear state-space model (paper Eq. 3-4)
+
+    h'(t) = A h(t) + B u(t),        y(t) = C h(t) + D u(t)
+
+is discretised with a step size ``Delta`` and applied to a sequence as one long
+convolution ``y = K * u`` (Eq. 7-8), computed with FFTs in O(L log L). Two
+parameterisations of ``A`` are provided:
+
+* ``mode="dplr"`` (S4, Gu et al. 2022): ``A = Lambda - P P^*`` (diagonal plus low
+  rank), initialised from HiPPO-LegS, discretised with the bilinear transform
+  (Eq. 6). The kernel's spectrum is evaluated from the truncated generating
+  function at the roots of unity with a Cauchy kernel and a Woodbury correction for
+  the low-rank term.
+* ``mode="diag"`` (S4D, Gu et al. 2022): ``A = Lambda`` diagonal (the normal part of
+  HiPPO-LegS), discretised with a zero-order hold; the kernel is a Vandermonde
+  product.
+
+Both keep ``N // 2`` complex states per channel; the other half are their complex
+conjugates, so every kernel is real. The layer works for any length, with no preset
+maximum and without modifying parameters or buffers in ``forward``; kernels and FFTs
+run in float32 even under autocast.
+
+Authors
+ * speechbrain-s4m contributors
+"""
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechbrain_s4m.lobes.hippo import dplr_legs
+
+_MODES = ("dplr", "diag")
+
+
+def _float32_region(device: torch.device):
+    """Context in which autocast is off, so that kernels and FFTs stay float32."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+class S4(nn.Module):
+    """S4 layer: SSM convolution, ``D`` skip, GELU, then a 1x1 conv ``H -> 2H`` and GLU.
+
+    Arguments
+    ---------
+    d_model : int
+        ``H``, the number of channels; one independent SSM per channel.
+    d_state : int
+        ``N``, the state size of each SSM (even; ``N // 2`` complex states are stored).
+    bidirectional : bool
+        If True, a second kernel runs over the time-reversed sequence and the two
+        outputs are summed (non-causal). If False, the layer is causal and can be run
+        one step at a time with :meth:`step`.
+    mode : str
+        ``"dplr"`` (HiPPO-LegS, diagonal plus low rank, bilinear) or ``"diag"``
+        (S4D, diagonal, zero-order hold).
+    dropout : float
+        Dropout applied after the GELU.
+    dt_min : float
+        Lower bound of the log-uniform draw of the per-channel step size ``Delta``.
+    dt_max : float
+        Upper bound of that draw.
+
+    Example
+    -------
+    >>> layer = S4(d_model=8, d_state=16)
+    >>> x = torch.randn(2, 8, 100)  # [batch, channels, time]
+    >>> layer(x).shape
+    torch.Size([2, 8, 100])
+    >>> causal = S4(d_model=8, bidirectional=False)
+    >>> state = causal.default_state(batch_size=2)
+    >>> y_t, state = causal.step(x[:, :, 0], state)
+    >>> y_t.shape
+    torch.Size([2, 8])
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        bidirectional: bool = True,
+        mode: str = "dplr",
+        dropout: float = 0.0,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+    ):
+        super().__init__()
+        if d_model < 1:
+            raise ValueError(f"S4: d_model must be >= 1, got {d_model}")
+        if d_state < 2 or d_state % 2:
+            raise ValueError(f"S4: d_state must be a positive even number, got {d_state}")
+        if mode not in _MODES:
+            raise ValueError(f"S4: mode must be one of {_MODES}, got {mode!r}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(
+                f"S4: expected 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}"
+            )
+        self.d_model = d_model
+        self.d_state = d_state
+        self.bidirectional = bidirectional
+        self.mode = mode
+        self.dt_min = dt_min
+        self.dt_max = dt_max
+        H, half = d_model, d_state // 2
+        directions = 2 if bidirectional else 1
+
+        # Lambda = -exp(log_neg_real) + i * imag keeps Re(Lambda) < 0 (stable).
+        self.log_dt = nn.Parameter(torch.empty(H))
+        self.log_neg_real = nn.Parameter(torch.empty(H, half))
+        self.imag = nn.Parameter(torch.empty(H, half))
+        # Complex parameters are stored as real views [..., 2].
+        self.input_matrix = nn.Parameter(torch.empty(H, half, 2))  # B
+        self.low_rank = (
+            nn.Parameter(torch.empty(H, half, 2)) if mode == "dplr" else None
+        )  # P
+        self.output_matrix = nn.Parameter(torch.empty(directions, H, half, 2))  # C
+        self.skip = nn.Parameter(torch.empty(H))  # D
+        self.activation = nn.GELU()
+        self.dropout = nn.Dropout(dropout)
+        self.output_linear = nn.Conv1d(H, 2 * H, kernel_size=1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """(Re-)initialise every parameter: HiPPO-LegS ``Lambda, P, B``, random ``C, D``,
+        log-uniform ``Delta`` in ``[dt_min, dt_max]`` and the output projection."""
+        init = dplr_legs(self.d_state)
+        with torch.no_grad():
+            self.log_dt.uniform_(math.log(self.dt_min), math.log(self.dt_max))
+            self.log_neg_real.copy_(torch.log(-init.eigenvalues.real).expand_as(self.imag))
+            self.imag.copy_(init.eigenvalues.imag.expand_as(self.imag))
+            self.input_matrix.copy_(
+                torch.view_as_real(init.input_matrix).expand_as(self.input_matrix)
+            )
+            if self.low_rank is not None:
+                self.low_rank.copy_(torch.view_as_real(init.low_rank).expand_as(self.low_rank))
+            # C ~ complex standard normal (variance 1/2 per real component).
+            self.output_matrix.normal_(0.0, math.sqrt(0.5))
+            self.skip.normal_()
+        self.output_linear.reset_parameters()
+
+    # ------------------------------------------------------------------ SSM tensors
+    def _ssm(self) -> Tuple[torch.Tensor, ...]:
+        """Return ``Delta [H]``, ``Lambda, B, P [H, N/2]`` and ``C [dirs, H, N/2]``
+        as float32 / complex64 (``P`` is None in diagonal mode)."""
+        dt = torch.exp(self.log_dt.float())
+        lam = torch.complex(-torch.exp(self.log_neg_real.float()), self.imag.float())
+        B = torch.view_as_complex(self.input_matrix.float().contiguous())
+        C = torch.view_as_complex(self.output_matrix.float().contiguous())
+        P = None
+        if self.low_rank is not None:
+            P = torch.view_as_complex(self.low_rank.float().contiguous())
+        return dt, lam, B, P, C
+
+    @staticmethod
+    def _with_conjugates(z: torch.Tensor) -> torch.Tensor:
+        """``[..., N/2] -> [..., N]``: append the complex-conjugate half."""
+        return torch.cat([z, z.conj()], dim=-1)
+
+    def _bilinear_dense(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Full DPLR system discretised with the bilinear transform (Eq. 6).
+
+        Returns ``A_bar [H, N, N]`` and ``B_bar [H, N]`` (complex64) for the
+        ``N``-state system that includes the conjugate half.
+        """
+        dt, lam, B, P, _ = self._ssm()
+        lam, B, P = (self._with_conjugates(t) for t in (lam, B, P))
+        N = lam.shape[-1]
+        eye = torch.eye(N, dtype=lam.dtype, device=lam.device)
+        A = torch.diag_embed(lam) - P.unsqueeze(-1) * P.conj().unsqueeze(-2)  # [H, N, N]
+        half_step = (dt / 2).to(lam.dtype)[:, None, None]
+        backward = eye - half_step * A  # I - Delta/2 A
+        A_bar = torch.linalg.solve(backward, eye + half_step * A)
+        B_bar = torch.linalg.solve(backward, (dt.to(lam.dtype)[:, None] * B).unsqueeze(-1))
+        return A_bar, B_bar.squeeze(-1)
+
+    def _zoh_diagonal(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Diagonal system discretised with a zero-order hold.
+
+        Returns ``A_bar [H, N/2]`` and ``B_bar [H, N/2]`` (complex64).
+        """
+        dt, lam, B, _, _ = self._ssm()
+        dt_lam = dt[:, None] * lam
+        A_bar = torch.exp(dt_lam)
+        B_bar = (A_bar - 1) / lam * B
+        return A_bar, B_bar
+
+    # ---------------------------------------------------------------------- kernels
+    def convolution_kernel(self, length: int) -> torch.Tensor:
+        """The SSM convolution kernel ``K_bar`` of Eq. 8, truncated to ``length``.
+
+        Arguments
+        ---------
+        length : int
+            ``L``, the number of kernel taps (the sequence length).
+
+        Returns
+        -------
+        torch.Tensor
+            Real kernel, float32, ``[directions, H, L]``; direction 1 (when
+            bidirectional) is applied to the time-reversed sequence.
+
+        Example
+        -------
+        >>> S4(d_model=4).convolution_kernel(50).shape
+        torch.Size([2, 4, 50])
+        """
+        if length < 1:
+            raise ValueError(f"S4: kernel length must be >= 1, got {length}")
+        device = self.log_dt.device
+        with _float32_region(device):
+            if self.mode == "dplr":
+                return self._dplr_kernel(length)
+            return self._diagonal_kernel(length)
+
+    def _dplr_kernel(self, L: int) -> torch.Tensor:
+        dt, lam, B, P, C = self._ssm()
+        A_bar, _ = self._bilinear_dense()
+        lam, B, P, C = (self._with_conjugates(t) for t in (lam, B, P, C))
+        # Truncated generating function: C_tilde = C (I - A_bar^L).
+        C_tilde = C - torch.einsum("chn,hnm->chm", C, torch.linalg.matrix_power(A_bar, L))
+        # Roots of unity z_k = exp(-2 pi i k / L) at the rfft frequencies.
+        k = torch.arange(L // 2 + 1, device=lam.device, dtype=torch.float32)
+        z = torch.exp(torch.complex(torch.zeros_like(k), -2 * math.pi * k / L))  # [F]
+        # (1 + z)(g - lambda) with g = (2 / Delta)(1 - z)/(1 + z); finite at z = -1.
+        denominator = (2 / dt).to(lam.dtype)[:, None, None] * (1 - z) - (1 + z) * lam[
+            :, :, None
+        ]  # [H, N, F]
+        directions = C.shape[0]
+        numerators = torch.cat(
+            [
+                (C_tilde * B).transpose(0, 1),  # C_tilde B       [H, dirs, N]
+                (C_tilde * P).transpose(0, 1),  # C_tilde P       [H, dirs, N]
+                (P.conj() * B).unsqueeze(1),  # P^* B           [H, 1, N]
+                (P.conj() * P).unsqueeze(1),  # P^* P           [H, 1, N]
+            ],
+            dim=1,
+        )
+        cauchy = numerators @ denominator.reciprocal()  # [H, 2 dirs + 2, F]
+        k_CB = cauchy[:, :directions]
+        k_CP = cauchy[:, directions : 2 * directions]
+        k_PB = cauchy[:, 2 * directions : 2 * directions + 1]
+        k_PP = cauchy[:, 2 * directions + 1 :]
+        # Woodbury identity for the rank-one term; 2 / (1 + z) folded into the
+        # denominator above.
+        spectrum = 2 * (k_CB - (1 + z) * k_CP * k_PB / (1 + (1 + z) * k_PP))
+        kernel = torch.fft.irfft(spectrum, n=L)  # [H, dirs, L]
+        return kernel.transpose(0, 1).contiguous()
+
+    def _diagonal_kernel(self, L: int) -> torch.Tensor:
+        dt, lam, _, _, C = self._ssm()
+        _, B_bar = self._zoh_diagonal()
+        steps = torch.arange(L, device=lam.device, dtype=torch.float32)
+        vandermonde = torch.exp((dt[:, None] * lam).unsqueeze(-1) * steps)  # [H, N/2, L]
+        kernel = torch.einsum("chn,hnl->chl", C * B_bar, vandermonde)
+        return 2 * kernel.real
+
+    def kernel_spectrum(self, length: int) -> torch.Tensor:
+        """Spectrum of the full (causal plus anti-causal) kernel for an FFT
+        convolution of a length-``length`` sequence, zero-padded to ``2 * length``.
+
+        Compute it once and pass it to :meth:`forward` to apply the same layer many
+        times at one length (as S4M's unfolded blocks do).
+
+        Arguments
+        ---------
+        length : int
+            ``L``, the sequence length.
+
+        Returns
+        -------
+        torch.Tensor
+            complex64, ``[H, L + 1]``.
+
+        Example
+        -------
+        >>> S4(d_model=4).kernel_spectrum(50).shape
+        torch.Size([4, 51])
+        """
+        kernel = self.convolution_kernel(length)
+        with _float32_region(kernel.device):
+            spectrum = torch.fft.rfft(kernel, n=2 * length)  # [dirs, H, L + 1]
+            if self.bidirectional:
+                # Correlation with the second kernel == convolution of the reversed
+                # sequence, reversed back.
+                return spectrum[0] + spectrum[1].conj()
+            return spectrum[0]
+
+    # ---------------------------------------------------------------------- forward
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 3 or x.shape[1] != self.d_model or x.shape[-1] < 1:
+            raise ValueError(
+                f"S4: expected input of shape [batch, {self.d_model}, time] with "
+                f"time >= 1, got {tuple(x.shape)}"
+            )
+
+    def _output(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """GELU, dropout, 1x1 conv ``H -> 2H`` and GLU over channels."""
+        y = self.dropout(self.activation(y)).to(self.output_linear.weight.dtype)
+        return F.glu(self.output_linear(y), dim=1).to(dtype)
+
+    def forward(
+        self, x: torch.Tensor, spectrum: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """Apply the layer.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            ``[batch, H, L]``.
+        spectrum : torch.Tensor, optional
+            ``[H, L + 1]`` from :meth:`kernel_spectrum`; computed here when omitted.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, H, L]``, of the same dtype as ``x``.
+        """
+        self._check_input(x)
+        L = x.shape[-1]
+        if spectrum is None:
+            spectrum = self.kernel_spectrum(L)
+        elif spectrum.shape != (self.d_model, L + 1):
+            raise ValueError(
+                f"S4: spectrum must have shape [{self.d_model}, {L + 1}] for an input "
+                f"of length {L}, got {tuple(spectrum.shape)}"
+            )
+        with _float32_region(x.device):
+            u = x.float()
+            u_f = torch.fft.rfft(u, n=2 * L)  # [batch, H, L + 1]
+            y = torch.fft.irfft(u_f * spectrum, n=2 * L)[..., :L]
+            y = y + self.skip.float()[:, None] * u
+        return self._output(y, x.dtype)
+
+    # ------------------------------------------------------------------ recurrence
+    def default_state(
+        self, batch_size: int, device: Optional[torch.device] = None
+    ) -> torch.Tensor:
+        """Zero state for :meth:`step` (unidirectional layers only).
+
+        Returns
+        -------
+        torch.Tensor
+            complex64 ``[batch, H, N]`` in ``"dplr"`` mode (the full conjugate-
+            symmetric state), ``[batch, H, N/2]`` in ``"diag"`` mode.
+        """
+        self._require_causal("default_state")
+        states = self.d_state if self.mode == "dplr" else self.d_state // 2
+        device = self.log_dt.device if device is None else device
+        return torch.zeros(
+            batch_size, self.d_model, states, dtype=torch.complex64, device=device
+        )
+
+    def step(
+        self, x_t: torch.Tensor, state: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One step of the recurrence ``h_k = A_bar h_{k-1} + B_bar u_k`` (Eq. 5).
+
+        Stepping through a sequence reproduces :meth:`forward` (convolution mode).
+
+        Arguments
+        ---------
+        x_t : torch.Tensor
+            ``[batch, H]``, one time step.
+        state : torch.Tensor
+            From :meth:`default_state` or the previous call.
+
+        Returns
+        -------
+        y_t : torch.Tensor
+            ``[batch, H]``.
+        state : torch.Tensor
+            The next state.
+        """
+        self._require_causal("step")
+        if x_t.dim() != 2 or x_t.shape[1] != self.d_model:
+            raise ValueError(
+                f"S4.step: expected x_t of shape [batch, {self.d_model}], "
+                f"got {tuple(x_t.shape)}"
+            )
+        expected = self.default_state(x_t.shape[0], device=x_t.device).shape
+        if state.shape != expected:
+            raise ValueError(
+                f"S4.step: expected state of shape {tuple(expected)}, got {tuple(state.shape)}"
+            )
+        with _float32_region(x_t.device):
+            u = x_t.float()
+            _, _, _, _, C = self._ssm()
+            if self.mode == "dplr":
+                A_bar, B_bar = self._bilinear_dense()
+                state = torch.einsum("hnm,bhm->bhn", A_bar, state) + B_bar * u[..., None]
+                y = torch.einsum("hn,bhn->bh", self._with_conjugates(C[0]), state).real
+            else:
+                A_bar, B_bar = self._zoh_diagonal()
+                state = A_bar * state + B_bar * u[..., None]
+                y = 2 * torch.einsum("hn,bhn->bh", C[0], state).real
+            y = y + self.skip.float() * u
+        return self._output(y.unsqueeze(-1), x_t.dtype).squeeze(-1), state
+
+    def _require_causal(self, method: str) -> None:
+        if self.bidirectional:
+            raise ValueError(
+                f"S4.{method}: the recurrent mode needs a unidirectional layer "
+                "(bidirectional=False)"
+            )

@@ -1,0 +1,343 @@
+"""S4M and S4M-tiny mask networks (Chen et al., Interspeech 2023).
+
+The mask network maps the encoder output ``x0 [batch, E, L]`` to one non-negative
+mask per speaker. One :class:`S4MBlock` is unfolded ``num_blocks`` times with shared
+weights (A-FRCNN): pass 1 takes the bottleneck features, pass ``k > 1`` takes
+``fuse(bottleneck + previous output)``.
+
+Inside the block (paper Fig. 1), with paper symbols:
+
+* ``F_0 .. F_{S-1}``: a pyramid of depthwise convolutions, scale ``i`` at length
+  ``~ L / 2^i`` ("three down-sampling encoders" for ``S = 4`` scales);
+* ``F_m``: every scale average-pooled to the coarsest length and summed, then the
+  S4 block (pre-norm S4 layer and pre-norm feed-forward, both residual);
+* local attention (Eq. 9-10) merges every scale with ``F_m``, then a top-down
+  decoder merges the scales from coarse to fine;
+* S4M only: a residual S4 layer after each decoder local attention (Fig. 1-C).
+
+Authors
+ * speechbrain-s4m contributors
+"""
+
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechbrain_s4m.lobes.s4 import S4
+
+
+def global_layer_norm(channels: int) -> nn.GroupNorm:
+    """gLN: normalisation over channels and time of each example, with a per-channel
+    gain and bias (``GroupNorm`` with one group)."""
+    return nn.GroupNorm(1, channels, eps=1e-8)
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of a ``[batch, channels, time]`` tensor.
+
+    Example
+    -------
+    >>> ChannelLayerNorm(4)(torch.randn(2, 4, 10)).shape
+    torch.Size([2, 4, 10])
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+def depthwise_conv_norm(
+    channels: int, kernel_size: int, stride: int = 1, bias: bool = True
+) -> nn.Sequential:
+    """Depthwise Conv1d (same padding) followed by gLN."""
+    return nn.Sequential(
+        nn.Conv1d(
+            channels,
+            channels,
+            kernel_size,
+            stride=stride,
+            padding=(kernel_size - 1) // 2,
+            groups=channels,
+            bias=bias,
+        ),
+        global_layer_norm(channels),
+    )
+
+
+class LocalAttention(nn.Module):
+    """Light local attention (paper Eq. 9-10) between a fine feature ``a`` and a
+    coarse feature ``g``:
+
+        out = a' * up(rho) + up(tau),   rho = sigmoid(f_1(g)),   tau = f_2(g),
+
+    where ``a' = f_0(a)`` and ``f_0, f_1, f_2`` are depthwise convolutions followed by
+    gLN, and ``up`` is nearest-neighbour interpolation to the length of ``a``.
+
+    Arguments
+    ---------
+    channels : int
+        Number of channels of both inputs.
+    kernel_size : int
+        Kernel of the three depthwise convolutions (1 to merge with ``F_m``, 5 in
+        the top-down decoder).
+
+    Example
+    -------
+    >>> attention = LocalAttention(channels=8, kernel_size=5)
+    >>> attention(torch.randn(2, 8, 40), torch.randn(2, 8, 5)).shape
+    torch.Size([2, 8, 40])
+    """
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        self.local_embedding = depthwise_conv_norm(channels, kernel_size, bias=False)  # f_0
+        self.gate_embedding = depthwise_conv_norm(channels, kernel_size, bias=False)  # f_1
+        self.global_embedding = depthwise_conv_norm(channels, kernel_size, bias=False)  # f_2
+
+    def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        length = fine.shape[-1]
+        rho = torch.sigmoid(self.gate_embedding(coarse))
+        tau = self.global_embedding(coarse)
+        rho = F.interpolate(rho, size=length, mode="nearest")  # [batch, C, L_fine]
+        tau = F.interpolate(tau, size=length, mode="nearest")
+        return self.local_embedding(fine) * rho + tau
+
+
+class ResidualS4(nn.Module):
+    """Pre-norm residual S4 layer: ``x + S4(LayerNorm(x))``.
+
+    Example
+    -------
+    >>> ResidualS4(channels=8)(torch.randn(2, 8, 30)).shape
+    torch.Size([2, 8, 30])
+    """
+
+    def __init__(self, channels: int, d_state: int = 16):
+        super().__init__()
+        self.norm = ChannelLayerNorm(channels)
+        self.s4 = S4(channels, d_state=d_state, bidirectional=True)
+
+    def forward(
+        self, x: torch.Tensor, spectrum: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        return x + self.s4(self.norm(x), spectrum)
+
+
+class ResidualFeedForward(nn.Module):
+    """Pre-norm residual feed-forward: ``x + W_2 GELU(W_1 LayerNorm(x))`` with 1x1
+    convolutions ``C -> expansion * C -> C``.
+
+    Example
+    -------
+    >>> ResidualFeedForward(channels=8)(torch.randn(2, 8, 30)).shape
+    torch.Size([2, 8, 30])
+    """
+
+    def __init__(self, channels: int, expansion: int = 2):
+        super().__init__()
+        self.norm = ChannelLayerNorm(channels)
+        self.feed_forward = nn.Sequential(
+            nn.Conv1d(channels, expansion * channels, 1),
+            nn.GELU(),
+            nn.Conv1d(expansion * channels, channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.feed_forward(self.norm(x))
+
+
+class S4MBlock(nn.Module):
+    """One S4M block (paper Fig. 1), shared by every unfolded pass.
+
+    Arguments
+    ---------
+    bottleneck_channels : int
+        Channels at the block's input and output.
+    hidden_channels : int
+        Channels inside the block (``C`` in the paper).
+    num_scales : int
+        Number of pyramid scales ``S`` (scale 0 plus ``S - 1`` down-sampling
+        encoders).
+    d_state : int
+        State size of every S4 layer.
+    decoder_s4 : bool
+        Add an S4 layer after each decoder local attention (S4M); False gives
+        S4M-tiny.
+
+    Example
+    -------
+    >>> block = S4MBlock(bottleneck_channels=8, hidden_channels=16)
+    >>> block(torch.randn(2, 8, 50)).shape
+    torch.Size([2, 8, 50])
+    """
+
+    def __init__(
+        self,
+        bottleneck_channels: int = 128,
+        hidden_channels: int = 512,
+        num_scales: int = 4,
+        d_state: int = 16,
+        decoder_s4: bool = True,
+    ):
+        super().__init__()
+        if num_scales < 1:
+            raise ValueError(f"S4MBlock: num_scales must be >= 1, got {num_scales}")
+        C = hidden_channels
+        self.num_scales = num_scales
+        self.input_projection = nn.Sequential(
+            nn.Conv1d(bottleneck_channels, C, 1), global_layer_norm(C), nn.PReLU()
+        )
+        self.pyramid = nn.ModuleList(
+            [depthwise_conv_norm(C, 5, stride=1)]
+            + [depthwise_conv_norm(C, 5, stride=2) for _ in range(num_scales - 1)]
+        )
+        self.global_s4 = ResidualS4(C, d_state)
+        self.global_feed_forward = ResidualFeedForward(C)
+        self.scale_attention = nn.ModuleList(
+            [LocalAttention(C, 1) for _ in range(num_scales)]
+        )
+        self.decoder_attention = nn.ModuleList(
+            [LocalAttention(C, 5) for _ in range(num_scales - 1)]
+        )
+        self.decoder_s4 = (
+            nn.ModuleList([ResidualS4(C, d_state) for _ in range(num_scales - 1)])
+            if decoder_s4
+            else None
+        )
+        self.output_projection = nn.Conv1d(C, bottleneck_channels, 1)
+
+    def scale_lengths(self, length: int) -> List[int]:
+        """Lengths of ``F_0 .. F_{S-1}`` for an input of ``length`` frames."""
+        lengths = [length]
+        for _ in range(self.num_scales - 1):
+            lengths.append((lengths[-1] - 1) // 2 + 1)  # k=5, stride 2, padding 2
+        return lengths
+
+    def kernel_spectra(self, length: int) -> List[torch.Tensor]:
+        """S4 kernel spectra for an input of ``length`` frames, in the order the
+        block uses them: ``F_m``'s S4, then the decoder S4 layers from coarse to fine
+        (S4M only). Computing them once lets every unfolded pass reuse them."""
+        lengths = self.scale_lengths(length)
+        spectra = [self.global_s4.s4.kernel_spectrum(lengths[-1])]
+        if self.decoder_s4 is not None:
+            for i in range(self.num_scales - 2, -1, -1):
+                spectra.append(self.decoder_s4[i].s4.kernel_spectrum(lengths[i]))
+        return spectra
+
+    def forward(
+        self, x: torch.Tensor, spectra: Optional[Sequence[torch.Tensor]] = None
+    ) -> torch.Tensor:
+        """``[batch, bottleneck, L] -> [batch, bottleneck, L]``; ``spectra`` from
+        :meth:`kernel_spectra` (computed here when omitted)."""
+        if spectra is None:
+            spectra = self.kernel_spectra(x.shape[-1])
+        scales = [self.pyramid[0](self.input_projection(x))]  # F_0: [batch, C, L]
+        for encoder in self.pyramid[1:]:
+            scales.append(encoder(scales[-1]))  # F_i: [batch, C, ~L / 2^i]
+        coarsest = scales[-1].shape[-1]
+        global_feature = sum(F.adaptive_avg_pool1d(f, coarsest) for f in scales)  # F_m
+        global_feature = self.global_feed_forward(
+            self.global_s4(global_feature, spectra[0])
+        )
+        fused = [
+            attention(f, global_feature)
+            for attention, f in zip(self.scale_attention, scales)
+        ]
+        expanded = fused[-1]
+        for level, i in enumerate(range(self.num_scales - 2, -1, -1)):
+            expanded = self.decoder_attention[i](fused[i], expanded)
+            if self.decoder_s4 is not None:
+                expanded = self.decoder_s4[i](expanded, spectra[1 + level])
+        return self.output_projection(expanded) + x
+
+
+class S4MMaskNet(nn.Module):
+    """The S4M mask network, a drop-in ``MaskNet`` for SpeechBrain separation recipes.
+
+    Arguments
+    ---------
+    in_channels : int
+        ``E``, the encoder's number of basis channels.
+    num_spks : int
+        Number of speakers (masks).
+    bottleneck_channels : int
+        Channels of the bottleneck between the unfolded blocks.
+    hidden_channels : int
+        Channels inside each block.
+    num_scales : int
+        Pyramid scales per block (4: scale 0 plus three down-sampling encoders).
+    num_blocks : int
+        ``B``, the number of unfolded passes of the shared block (16 in the paper).
+    d_state : int
+        State size of every S4 layer.
+    decoder_s4 : bool
+        True for S4M, False for S4M-tiny (no S4 layers in the block's decoder).
+
+    Example
+    -------
+    >>> masknet = S4MMaskNet(in_channels=17, hidden_channels=32, num_blocks=2)
+    >>> masknet(torch.randn(3, 17, 101)).shape  # [spks, batch, E, L]
+    torch.Size([2, 3, 17, 101])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_spks: int = 2,
+        bottleneck_channels: int = 128,
+        hidden_channels: int = 512,
+        num_scales: int = 4,
+        num_blocks: int = 16,
+        d_state: int = 16,
+        decoder_s4: bool = True,
+    ):
+        super().__init__()
+        if num_blocks < 1:
+            raise ValueError(f"S4MMaskNet: num_blocks must be >= 1, got {num_blocks}")
+        if num_spks < 1:
+            raise ValueError(f"S4MMaskNet: num_spks must be >= 1, got {num_spks}")
+        self.in_channels = in_channels
+        self.num_spks = num_spks
+        self.num_blocks = num_blocks
+        self.norm = global_layer_norm(in_channels)
+        self.bottleneck = nn.Conv1d(in_channels, bottleneck_channels, 1)
+        self.block = S4MBlock(
+            bottleneck_channels, hidden_channels, num_scales, d_state, decoder_s4
+        )
+        self.fuse = nn.Sequential(
+            nn.Conv1d(bottleneck_channels, bottleneck_channels, 1, groups=bottleneck_channels),
+            nn.PReLU(),
+        )
+        self.mask_head = nn.Sequential(
+            nn.PReLU(),
+            nn.Conv1d(bottleneck_channels, num_spks * in_channels, 1),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Estimate masks.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            Encoder output ``[batch, E, L]``, ``L >= 1``.
+
+        Returns
+        -------
+        torch.Tensor
+            Non-negative masks ``[num_spks, batch, E, L]``.
+        """
+        if x.dim() != 3 or x.shape[1] != self.in_channels or x.shape[-1] < 1:
+            raise ValueError(
+                f"S4MMaskNet: expected encoder output of shape "
+                f"[batch, {self.in_channels}, frames >= 1], got {tuple(x.shape)}"
+            )
+        batch, E, L = x.shape
+        bottleneck = self.bottleneck(self.norm(x))  # [batch, bottleneck, L]
+        spectra = self.block.kernel_spectra(L)  # once for all unfolded passes
+        out = self.block(bottleneck, spectra)
+        for _ in range(self.num_blocks - 1):
+            out = self.block(self.fuse(bottleneck + out), spectra)
+        masks = self.mask_head(out)  # [batch, spks * E, L]
+        return masks.view(batch, self.num_spks, E, L).transpose(0, 1)

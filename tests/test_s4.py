@@ -1,0 +1,198 @@
+"""Tests for the S4 layer (speechbrain_s4m.lobes.s4) and its HiPPO initialisation."""
+
+import pytest
+import torch
+
+from speechbrain_s4m.lobes import S4
+from speechbrain_s4m.lobes.hippo import dplr_legs, hippo_legs
+
+MODES = ["dplr", "diag"]
+
+
+def direct_kernel(layer: S4, length: int) -> torch.Tensor:
+    """Kernel by unrolling the discretised recurrence with dense matrices (float64).
+
+    DPLR: dense A = Lambda - P P^* on the full conjugate-symmetric state, bilinear
+    transform by matrix inversion. Diagonal: zero-order hold by the matrix exponential
+    of the augmented matrix [[A, B], [0, 0]].
+    """
+    with torch.no_grad():
+        dt = torch.exp(layer.log_dt.double())
+        lam = torch.complex(-torch.exp(layer.log_neg_real.double()), layer.imag.double())
+        B = torch.view_as_complex(layer.input_matrix.double())
+        C = torch.view_as_complex(layer.output_matrix.double())
+        full = lambda z: torch.cat([z, z.conj()], dim=-1)  # noqa: E731
+        lam, B, C = full(lam), full(B), full(C)
+        H, N = lam.shape
+        A = torch.diag_embed(lam)
+        if layer.mode == "dplr":
+            P = full(torch.view_as_complex(layer.low_rank.double()))
+            A = A - P[:, :, None] * P.conj()[:, None, :]
+            eye = torch.eye(N, dtype=A.dtype)
+            inverse = torch.linalg.inv(eye - dt[:, None, None] / 2 * A)
+            A_bar = inverse @ (eye + dt[:, None, None] / 2 * A)
+            B_bar = (inverse @ (dt[:, None] * B)[:, :, None])[:, :, 0]
+        else:
+            augmented = torch.zeros(H, N + 1, N + 1, dtype=A.dtype)
+            augmented[:, :N, :N] = dt[:, None, None] * A
+            augmented[:, :N, N] = dt[:, None] * B
+            exponential = torch.linalg.matrix_exp(augmented)
+            A_bar, B_bar = exponential[:, :N, :N], exponential[:, :N, N]
+        taps, state = [], B_bar
+        for _ in range(length):
+            taps.append(torch.einsum("chn,hn->ch", C, state))
+            state = (A_bar @ state[:, :, None])[:, :, 0]
+        kernel = torch.stack(taps, dim=-1)
+    assert kernel.imag.abs().max() < 1e-8 * kernel.real.abs().max()
+    return kernel.real
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("length", [1, 2, 7, 64, 1000])
+def test_kernel_matches_unrolled_recurrence(mode, bidirectional, length):
+    torch.manual_seed(0)
+    layer = S4(d_model=6, d_state=16, bidirectional=bidirectional, mode=mode)
+    # Move away from the initial values so that every parameter matters.
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    kernel = layer.convolution_kernel(length).double()
+    expected = direct_kernel(layer, length)
+    assert kernel.shape == expected.shape == (2 if bidirectional else 1, 6, length)
+    error = (kernel - expected).abs().max() / expected.abs().max()
+    assert error < 1e-4, f"relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_kernel_accurate_at_realistic_length_and_small_step(mode):
+    torch.manual_seed(1)
+    layer = S4(d_model=4, d_state=16, mode=mode, dt_min=1e-3, dt_max=2e-3)
+    kernel = layer.convolution_kernel(4096).double()
+    expected = direct_kernel(layer, 4096)
+    error = (kernel - expected).abs().max() / expected.abs().max()
+    assert error < 1e-4, f"relative error {error:.2e}"
+
+
+def test_hippo_dplr_form_is_legs_in_an_eigenbasis():
+    # Lambda - P P^* (with conjugates) is similar to HiPPO-LegS, whose eigenvalues
+    # are -1, ..., -N (it is lower triangular).
+    init = dplr_legs(8)
+    full = lambda z: torch.cat([z, z.conj()])  # noqa: E731
+    lam, P = full(init.eigenvalues), full(init.low_rank)
+    A = torch.diag(lam) - P[:, None] * P.conj()[None, :]
+    eigenvalues = torch.sort(torch.linalg.eigvals(A).real).values
+    assert torch.allclose(eigenvalues, -torch.arange(8, 0, -1, dtype=torch.float64), atol=1e-6)
+    # B projected on the same basis keeps its norm (the basis is unitary).
+    _, B, _ = hippo_legs(8)
+    assert torch.isclose(full(init.input_matrix).abs().pow(2).sum(), B.pow(2).sum())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_step_reproduces_forward(mode):
+    torch.manual_seed(2)
+    layer = S4(d_model=5, d_state=16, bidirectional=False, mode=mode).eval()
+    x = torch.randn(2, 5, 200)
+    with torch.no_grad():
+        expected = layer(x)
+        state = layer.default_state(batch_size=2)
+        outputs = []
+        for t in range(x.shape[-1]):
+            y_t, state = layer.step(x[:, :, t], state)
+            outputs.append(y_t)
+    stepped = torch.stack(outputs, dim=-1)
+    error = (stepped - expected).norm() / expected.norm()
+    assert error < 1e-4, f"relative error {error:.2e}"
+
+
+def test_step_requires_unidirectional_layer():
+    layer = S4(d_model=4, bidirectional=True)
+    with pytest.raises(ValueError, match="bidirectional=False"):
+        layer.default_state(1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_parameter_gets_a_finite_gradient(mode):
+    torch.manual_seed(3)
+    layer = S4(d_model=4, d_state=16, mode=mode)
+    layer(torch.randn(2, 4, 33)).square().mean().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_any_length_without_changing_state():
+    layer = S4(d_model=4)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    for length in [1, 3, 1000, 20000]:
+        assert layer(torch.randn(1, 4, length)).shape == (1, 4, length)
+    after = layer.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert len(list(layer.buffers())) == 0
+
+
+def test_forward_is_causal_when_unidirectional():
+    torch.manual_seed(4)
+    layer = S4(d_model=3, bidirectional=False)
+    x = torch.randn(1, 3, 50)
+    changed = x.clone()
+    changed[..., 30:] += 1.0
+    with torch.no_grad():
+        assert torch.allclose(layer(x)[..., :30], layer(changed)[..., :30], atol=1e-6)
+        assert not torch.allclose(layer(x)[..., 30:], layer(changed)[..., 30:])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reset_parameters_reinitialises_every_parameter(mode):
+    torch.manual_seed(5)
+    layer = S4(d_model=4, mode=mode)
+    initial = {k: v.clone() for k, v in layer.named_parameters()}
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.fill_(123.0)
+    layer.reset_parameters()
+    for name, p in layer.named_parameters():
+        assert not torch.any(p == 123.0), name
+    # Deterministic HiPPO parts come back exactly; random parts are redrawn in range.
+    for name in ["log_neg_real", "imag", "input_matrix"] + (["low_rank"] if mode == "dplr" else []):
+        assert torch.allclose(getattr(layer, name), initial[name]), name
+    dt = torch.exp(layer.log_dt)
+    assert torch.all((dt >= 1e-3 * (1 - 1e-5)) & (dt <= 1e-1 * (1 + 1e-5)))
+
+
+def test_low_precision_inputs_give_finite_output_of_the_same_dtype():
+    torch.manual_seed(6)
+    layer = S4(d_model=4)
+    x = torch.randn(2, 4, 300)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert torch.isfinite(y).all() and y.dtype == x.dtype
+    for dtype in [torch.bfloat16, torch.float16]:
+        low = S4(d_model=4).to(dtype)
+        y = low(x.to(dtype))
+        assert y.dtype == dtype and torch.isfinite(y).all()
+
+
+def test_kernel_spectrum_stays_float32_under_autocast():
+    layer = S4(d_model=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        spectrum = layer.kernel_spectrum(64)
+    assert spectrum.dtype == torch.complex64
+
+
+@pytest.mark.parametrize(
+    "shape", [(4, 100), (2, 5, 100), (2, 4, 0), (1, 2, 4, 100)], ids=["rank2", "channels", "empty", "rank4"]
+)
+def test_bad_input_shapes_raise_clear_errors(shape):
+    layer = S4(d_model=4)
+    with pytest.raises(ValueError, match=r"S4: expected input of shape \[batch, 4, time\]"):
+        layer(torch.randn(*shape))
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="mode"):
+        S4(4, mode="nplr")
+    with pytest.raises(ValueError, match="d_state"):
+        S4(4, d_state=15)

@@ -1,0 +1,127 @@
+"""Tests for the S4M / S4M-tiny mask networks and the separator they form with
+SpeechBrain's Decoder."""
+
+import pytest
+import torch
+from speechbrain.lobes.models.dual_path import Decoder
+
+from speechbrain_s4m.lobes import S4, S4MMaskNet, WaveformEncoder
+from speechbrain_s4m.lobes.s4m import S4MBlock
+
+from test_encoder import reset_layer_recursively
+
+
+def separator(sample_rate: int = 16000, decoder_s4: bool = True, **masknet_options):
+    """Encoder, MaskNet and SpeechBrain Decoder with the paper's 4 ms kernel."""
+    K = 4 * sample_rate // 1000
+    E = K // 2 + 1
+    encoder = WaveformEncoder(K)
+    masknet = S4MMaskNet(E, num_spks=2, decoder_s4=decoder_s4, **masknet_options)
+    decoder = Decoder(E, 1, K, stride=K // 4, bias=False)
+    return encoder, masknet, decoder
+
+
+def separate(encoder, masknet, decoder, mix):
+    """The SpeechBrain separation forward pass: [batch, time] -> [batch, time, spks]."""
+    mix_w = encoder(mix)
+    masks = masknet(mix_w)  # [spks, batch, E, L]
+    estimates = torch.stack([decoder(mix_w * m) for m in masks], dim=-1)
+    return estimates[:, : mix.shape[-1]]
+
+
+@pytest.mark.parametrize(
+    "decoder_s4, paper_millions", [(False, 1.80), (True, 3.60)], ids=["S4M-tiny", "S4M"]
+)
+def test_parameter_count_matches_the_paper(decoder_s4, paper_millions):
+    count = sum(p.numel() for m in separator(16000, decoder_s4) for p in m.parameters())
+    print(f"{'S4M' if decoder_s4 else 'S4M-tiny'}: {count / 1e6:.3f} M (paper {paper_millions} M)")
+    assert abs(count / 1e6 - paper_millions) <= 0.03 * paper_millions
+
+
+@pytest.mark.parametrize("length", [1, 7, 8001])
+@pytest.mark.parametrize("decoder_s4", [False, True], ids=["tiny", "full"])
+def test_masks_shape_and_non_negative(length, decoder_s4):
+    torch.manual_seed(0)
+    masknet = S4MMaskNet(in_channels=17, num_blocks=2, decoder_s4=decoder_s4)
+    with torch.no_grad():
+        masks = masknet(torch.randn(3, 17, length))
+    assert masks.shape == (2, 3, 17, length)
+    assert (masks >= 0).all() and torch.isfinite(masks).all()
+    assert masks.sum() > 0
+
+
+def test_kernels_are_computed_once_per_forward(monkeypatch):
+    calls = []
+    original = S4.kernel_spectrum
+
+    def counting(self, length):
+        calls.append(length)
+        return original(self, length)
+
+    monkeypatch.setattr(S4, "kernel_spectrum", counting)
+    masknet = S4MMaskNet(in_channels=9, hidden_channels=16, num_blocks=16, decoder_s4=True)
+    masknet(torch.randn(1, 9, 100))
+    # One S4 on F_m and three in the decoder, each once despite 16 unfolded passes.
+    assert sorted(calls) == sorted(masknet.block.scale_lengths(100))
+
+
+def test_unfolding_shares_weights():
+    small = S4MMaskNet(in_channels=9, hidden_channels=16, num_blocks=1)
+    large = S4MMaskNet(in_channels=9, hidden_channels=16, num_blocks=16)
+    assert sum(p.numel() for p in small.parameters()) == sum(
+        p.numel() for p in large.parameters()
+    )
+
+
+def test_tiny_has_no_decoder_s4_and_full_has_three():
+    count = lambda block: sum(isinstance(m, S4) for m in block.modules())  # noqa: E731
+    assert count(S4MBlock(decoder_s4=False)) == 1
+    assert count(S4MBlock(decoder_s4=True)) == 4
+
+
+def test_every_parameter_gets_a_finite_gradient():
+    torch.manual_seed(1)
+    encoder, masknet, decoder = separator(8000, decoder_s4=True, hidden_channels=32, num_blocks=2)
+    mix = torch.randn(2, 2000)
+    estimates = separate(encoder, masknet, decoder, mix)
+    assert estimates.shape == (2, 2000, 2)
+    estimates.square().mean().backward()
+    for module in (encoder, masknet, decoder):
+        for name, p in module.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_separation_forward_in_bf16_autocast_on_cpu():
+    torch.manual_seed(2)
+    encoder, masknet, decoder = separator(8000, decoder_s4=True, num_blocks=2)
+    mix = torch.randn(2, 8000)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        estimates = separate(encoder, masknet, decoder, mix)
+    assert estimates.shape == (2, 8000, 2)
+    assert torch.isfinite(estimates).all()
+
+
+def test_speechbrain_reset_keeps_a_working_model():
+    torch.manual_seed(3)
+    modules = separator(8000, decoder_s4=False, hidden_channels=32, num_blocks=2)
+    s4 = modules[1].block.global_s4.s4
+    imag_before = s4.imag.detach().clone()
+    for module in modules:
+        reset_layer_recursively(module)
+    assert torch.equal(s4.imag, imag_before)  # HiPPO init kept
+    estimates = separate(*modules, torch.randn(1, 4000))
+    assert torch.isfinite(estimates).all()
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ((17, 100), r"\[batch, 17, frames >= 1\], got \(17, 100\)"),
+        ((2, 16, 100), r"\[batch, 17, frames >= 1\], got \(2, 16, 100\)"),
+        ((2, 17, 0), r"\[batch, 17, frames >= 1\], got \(2, 17, 0\)"),
+    ],
+)
+def test_bad_input_is_a_clear_error(shape, match):
+    masknet = S4MMaskNet(in_channels=17, hidden_channels=16, num_blocks=1)
+    with pytest.raises(ValueError, match="S4MMaskNet: expected encoder output of shape " + match):
+        masknet(torch.randn(*shape))
