@@ -36,6 +36,7 @@ from torch import nn
 from speechbrain_s4m.lobes.hippo import dplr_legs
 
 _MODES = ("dplr", "diag")
+_CHUNK = 2048  # frequencies (or time steps) per kernel evaluation: bounds memory
 
 
 def _float32_region(device: torch.device):
@@ -223,13 +224,6 @@ class S4(nn.Module):
         lam, B, P, C = (self._with_conjugates(t) for t in (lam, B, P, C))
         # Truncated generating function: C_tilde = C (I - A_bar^L).
         C_tilde = C - torch.einsum("chn,hnm->chm", C, torch.linalg.matrix_power(A_bar, L))
-        # Roots of unity z_k = exp(-2 pi i k / L) at the rfft frequencies.
-        k = torch.arange(L // 2 + 1, device=lam.device, dtype=torch.float32)
-        z = torch.exp(torch.complex(torch.zeros_like(k), -2 * math.pi * k / L))  # [F]
-        # (1 + z)(g - lambda) with g = (2 / Delta)(1 - z)/(1 + z); finite at z = -1.
-        denominator = (2 / dt).to(lam.dtype)[:, None, None] * (1 - z) - (1 + z) * lam[
-            :, :, None
-        ]  # [H, N, F]
         directions = C.shape[0]
         numerators = torch.cat(
             [
@@ -240,24 +234,55 @@ class S4(nn.Module):
             ],
             dim=1,
         )
+        # Roots of unity z_k = exp(-2 pi i k / L) at the rfft frequencies, in chunks
+        # so that the [H, N, frequencies] Cauchy matrix stays small for long inputs.
+        k = torch.arange(L // 2 + 1, device=lam.device, dtype=torch.float32)
+        spectrum = torch.cat(
+            [
+                self._dplr_spectrum(dt, lam, numerators, directions, -2 * math.pi * chunk / L)
+                for chunk in k.split(_CHUNK)
+            ],
+            dim=-1,
+        )  # [H, dirs, F]
+        kernel = torch.fft.irfft(spectrum, n=L)  # [H, dirs, L]
+        return kernel.transpose(0, 1).contiguous()
+
+    @staticmethod
+    def _dplr_spectrum(
+        dt: torch.Tensor,
+        lam: torch.Tensor,
+        numerators: torch.Tensor,
+        directions: int,
+        angles: torch.Tensor,
+    ) -> torch.Tensor:
+        """Truncated generating function at ``z = exp(i * angles)``: ``[H, dirs, F]``."""
+        z = torch.exp(torch.complex(torch.zeros_like(angles), angles))  # [F]
+        # (1 + z)(g - lambda) with g = (2 / Delta)(1 - z)/(1 + z); finite at z = -1.
+        denominator = (2 / dt).to(lam.dtype)[:, None, None] * (1 - z) - (1 + z) * lam[
+            :, :, None
+        ]  # [H, N, F]
         cauchy = numerators @ denominator.reciprocal()  # [H, 2 dirs + 2, F]
         k_CB = cauchy[:, :directions]
         k_CP = cauchy[:, directions : 2 * directions]
         k_PB = cauchy[:, 2 * directions : 2 * directions + 1]
         k_PP = cauchy[:, 2 * directions + 1 :]
-        # Woodbury identity for the rank-one term; 2 / (1 + z) folded into the
+        # Woodbury identity for the rank-one term; 2 / (1 + z) is folded into the
         # denominator above.
-        spectrum = 2 * (k_CB - (1 + z) * k_CP * k_PB / (1 + (1 + z) * k_PP))
-        kernel = torch.fft.irfft(spectrum, n=L)  # [H, dirs, L]
-        return kernel.transpose(0, 1).contiguous()
+        return 2 * (k_CB - (1 + z) * k_CP * k_PB / (1 + (1 + z) * k_PP))
 
     def _diagonal_kernel(self, L: int) -> torch.Tensor:
         dt, lam, _, _, C = self._ssm()
         _, B_bar = self._zoh_diagonal()
+        dt_lam = (dt[:, None] * lam).unsqueeze(-1)  # [H, N/2, 1]
         steps = torch.arange(L, device=lam.device, dtype=torch.float32)
-        vandermonde = torch.exp((dt[:, None] * lam).unsqueeze(-1) * steps)  # [H, N/2, L]
-        kernel = torch.einsum("chn,hnl->chl", C * B_bar, vandermonde)
-        return 2 * kernel.real
+        # Vandermonde product, in chunks of time steps to bound memory.
+        return torch.cat(
+            [
+                2 * torch.einsum("chn,hnl->chl", C * B_bar, torch.exp(dt_lam * chunk)).real
+                for chunk in steps.split(_CHUNK)
+            ],
+            dim=-1,
+        )
 
     def kernel_spectrum(self, length: int) -> torch.Tensor:
         """Spectrum of the full (causal plus anti-causal) kernel for an FFT
