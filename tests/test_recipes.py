@@ -1,0 +1,188 @@
+"""End-to-end tests of the three recipes with every hparams file, on tiny datasets in
+each layout (real speech from ../shared/data when present, generated otherwise).
+
+Each run is the real command line (`python train.py hparams/X.yaml --debug ...`); the
+overrides only make the models and data small.
+"""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, os.path.dirname(__file__))
+from tiny_datasets import (  # noqa: E402
+    make_librimix,
+    make_lrs2mix,
+    make_wsj0_speaker_folder,
+    make_wsj0mix,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = {"WSJ0Mix": make_wsj0mix, "LibriMix": make_librimix, "LRS2Mix": make_lrs2mix}
+HPARAMS = ["s4m", "s4m_tiny", "sepformer"]
+MODEL_MARKER = "# ###################################################################### Model"
+COMMON_MARKER = "# ################################################################# Experiment"
+
+# Small models, same code path: fewer unfolded passes / channels / transformer layers.
+SMALL = {
+    "s4m": ["--num_blocks=2", "--hidden_channels=32"],
+    "s4m_tiny": ["--num_blocks=2", "--hidden_channels=32"],
+    "sepformer": ["--num_transformer_layers=1", "--N_encoder_out=64", "--out_channels=64"],
+}
+
+
+def train_command(recipe, hparams, data_folder, output_folder, *extra):
+    folder = REPO / "recipes" / recipe / "separation"
+    return [
+        sys.executable,
+        str(folder / "train.py"),
+        str(folder / "hparams" / f"{hparams}.yaml"),
+        f"--data_folder={data_folder}",
+        f"--output_folder={output_folder}",
+        "--device=cpu",
+        "--num_workers=0",
+        "--noprogressbar",
+        *SMALL[hparams],
+        *extra,
+    ]
+
+
+def run(command, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def read_results(output_folder):
+    with open(Path(output_folder) / "test_results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    return {name: make(root / name) for name, make in RECIPES.items()}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_hparams_files_differ_only_in_the_model_section(recipe):
+    folder = REPO / "recipes" / recipe / "separation" / "hparams"
+    commons, models = [], []
+    for name in HPARAMS:
+        text = (folder / f"{name}.yaml").read_text()
+        header_and_model, common = text.split(COMMON_MARKER)
+        commons.append(common)
+        models.append(header_and_model.split(MODEL_MARKER)[1])
+    assert commons[0] == commons[1] == commons[2]
+    assert len(set(models)) == 3
+
+
+@pytest.mark.parametrize("hparams", HPARAMS)
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_runs_end_to_end(recipe, hparams, datasets, tmp_path):
+    out = tmp_path / "out"
+    run(train_command(recipe, hparams, datasets[recipe], out, "--debug"))
+    rows = read_results(out)
+    assert [r["snt_id"] for r in rows][-1] == "avg"
+    assert len(rows) >= 2
+    for row in rows:
+        for key in ["sdr", "sdr_i", "si-snr", "si-snr_i"]:
+            float(row[key])  # a number (NaN would still parse: check finiteness)
+            assert row[key].lower() not in ("nan", "inf", "-inf"), row
+    assert (out / "train_log.txt").read_text().count("epoch: ") >= 1
+
+
+def test_missing_data_folder_stops_before_any_model_is_built(tmp_path):
+    missing = tmp_path / "nowhere"
+    command = train_command("LibriMix", "s4m", missing, tmp_path / "out")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode != 0
+    assert str(missing) in result.stderr
+    assert not (tmp_path / "out" / "save" / "train.csv").exists()
+    assert "Dual_Path_Model" not in result.stderr and "S4MMaskNet" not in result.stderr
+
+
+def test_dynamic_mixing_trains_from_a_speaker_folder(datasets, tmp_path):
+    speakers = make_wsj0_speaker_folder(tmp_path / "si_tr_s")
+    out = tmp_path / "out"
+    run(
+        train_command(
+            "WSJ0Mix", "s4m_tiny", datasets["WSJ0Mix"], out, "--debug",
+            "--dynamic_mixing=True", f"--base_folder_dm={speakers}",
+            "--dm_examples_per_epoch=2", "--limit_training_signal_len=True",
+            "--training_signal_len=4000",
+        )
+    )
+    assert read_results(out)[-1]["snt_id"] == "avg"
+
+
+def _brain_state(save_folder):
+    """(epoch counter, optimizer steps) of the newest checkpoint."""
+    complete = [
+        p for p in Path(save_folder).glob("CKPT+*") if (p / "dataloader-TRAIN.ckpt").is_file()
+    ]
+    if not complete:
+        return None
+    newest = max(complete, key=lambda p: p.name)
+    try:
+        brain = yaml.safe_load((newest / "brain.ckpt").read_text())
+        counter = yaml.safe_load((newest / "counter.ckpt").read_text())
+        meta = (newest / "CKPT.yaml").read_text()
+    except FileNotFoundError:  # deleted by the checkpointer meanwhile
+        return None
+    return counter["current_epoch"], brain["optimizer_step"], "brain_intra_epoch_ckpt" in meta
+
+
+def test_killed_training_resumes_without_losing_or_repeating_an_epoch(tmp_path):
+    out = tmp_path / "out"
+    data = make_librimix(tmp_path / "data", n_train=24, with_noise=False)
+    command = train_command(
+        "LibriMix", "s4m_tiny", data, out,
+        "--N_epochs=2", "--ckpt_interval_minutes=0", "--ckpt_interval_steps=1",
+        "--use_speedperturb=False", "--sorting=none",
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    state = None
+    while time.time() < deadline and process.poll() is None:
+        state = _brain_state(out / "save")
+        if state is not None and state[2] and state[1] >= 2:
+            break  # an intra-epoch checkpoint, after at least two steps
+        time.sleep(0.02)
+    assert process.poll() is None, "training ended before it could be interrupted"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "test_results.csv").exists()
+
+    run(command)
+    log = (out / "train_log.txt").read_text()
+    assert log.count("epoch: 1,") == 1 and log.count("epoch: 2,") == 1, log
+    n_train = sum(1 for _ in open(out / "save" / "train.csv")) - 1
+    epoch, steps, _ = _brain_state(out / "save")
+    assert epoch == 2
+    assert steps == 2 * n_train  # every batch of both epochs exactly once
+    assert read_results(out)[-1]["snt_id"] == "avg"
+
+
+def test_two_process_ddp_on_cpu(datasets, tmp_path):
+    out = tmp_path / "out"
+    folder = REPO / "recipes" / "LRS2Mix" / "separation"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        "--master_port=29561",
+        *train_command("LRS2Mix", "s4m_tiny", datasets["LRS2Mix"], out, "--N_epochs=1",
+                       "--distributed_backend=gloo")[1:],
+    ]
+    assert command[5] == str(folder / "train.py")
+    run(command, timeout=400)
+    assert read_results(out)[-1]["snt_id"] == "avg"
