@@ -29,4 +29,10 @@ setup(
     extras_require={
         "test": ["pytest>=7", "mir_eval>=0.7"],
     },
+    entry_points={
+        "console_scripts": [
+            "s4m-export=speechbrain_s4m.export:cli",
+            "s4m-separate=speechbrain_s4m.separate:cli",
+        ],
+    },
 )

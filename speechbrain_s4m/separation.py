@@ -26,6 +26,7 @@ from speechbrain.utils.epoch_loop import EpochCounterWithStopper
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 from speechbrain_s4m.metrics import separation_metrics
+from speechbrain_s4m.separate import separate_in_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,8 @@ class SeparationBrain(sb.Brain):
     ``num_spks``, ``loss`` (per-example, e.g. ``get_si_snr_with_pitwrapper``),
     ``threshold_byloss``, ``threshold``, ``loss_upper_lim``, ``use_speedperturb``,
     ``speedperturb``, ``limit_training_signal_len``, ``training_signal_len``,
-    ``epoch_counter``, ``train_logger``, ``output_folder`` and optionally ``lr_scheduler``.
+    ``epoch_counter``, ``train_logger``, ``output_folder``, ``sample_rate`` and optionally
+    ``lr_scheduler`` and ``eval_chunk_seconds`` / ``eval_overlap_seconds``.
     Gradient clipping uses SpeechBrain's ``max_grad_norm`` run option.
 
     Batches carry ``mix_sig``, ``s1_sig`` .. ``s<num_spks>_sig`` (``PaddedData``) and,
@@ -85,7 +87,20 @@ class SeparationBrain(sb.Brain):
 
     # ------------------------------------------------------------------ forward
     def separate(self, mix: torch.Tensor) -> torch.Tensor:
-        """Separate a batch of mixtures ``[batch, time] -> [batch, time, spks]``."""
+        """Separate a batch of mixtures ``[batch, time] -> [batch, time, spks]``.
+
+        Outside training, a single mixture longer than ``eval_chunk_seconds`` is
+        separated in overlapping chunks, so memory stays bounded for any length."""
+        chunk = getattr(self.hparams, "eval_chunk_seconds", None)
+        if not self.modules.training and chunk and mix.shape[0] == 1:
+            rate = self.hparams.sample_rate
+            if mix.shape[1] > chunk * rate:
+                overlap = int(self.hparams.eval_overlap_seconds * rate)
+                chunked = separate_in_chunks(self._separate_whole, mix[0], int(chunk * rate), overlap)
+                return chunked[None].to(mix.device)
+        return self._separate_whole(mix)
+
+    def _separate_whole(self, mix: torch.Tensor) -> torch.Tensor:
         mix_w = self.hparams.Encoder(mix)  # [batch, E, L]
         masks = self.hparams.MaskNet(mix_w)  # [spks, batch, E, L]
         estimates = torch.stack(

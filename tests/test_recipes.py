@@ -186,3 +186,16 @@ def test_two_process_ddp_on_cpu(datasets, tmp_path):
     assert command[5] == str(folder / "train.py")
     run(command, timeout=400)
     assert read_results(out)[-1]["snt_id"] == "avg"
+
+
+def test_long_test_mixtures_are_separated_in_chunks(datasets, tmp_path):
+    # 1 s test mixtures with 0.4 s chunks: the chunked path scores every utterance.
+    out = tmp_path / "out"
+    run(
+        train_command(
+            "LRS2Mix", "s4m_tiny", datasets["LRS2Mix"], out, "--debug",
+            "--eval_chunk_seconds=0.4", "--eval_overlap_seconds=0.1",
+        )
+    )
+    rows = read_results(out)
+    assert rows[-1]["snt_id"] == "avg" and len(rows) == 3
