@@ -15,6 +15,7 @@ Authors
 import csv
 import logging
 import os
+import time
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -78,7 +79,8 @@ class SeparationBrain(sb.Brain):
     ``threshold_byloss``, ``threshold``, ``loss_upper_lim``, ``use_speedperturb``,
     ``speedperturb``, ``limit_training_signal_len``, ``training_signal_len``,
     ``epoch_counter``, ``train_logger``, ``output_folder``, ``sample_rate`` and optionally
-    ``lr_scheduler`` and ``eval_chunk_seconds`` / ``eval_overlap_seconds``.
+    ``lr_scheduler``, ``max_train_minutes`` (wall-clock budget) and
+    ``eval_chunk_seconds`` / ``eval_overlap_seconds``.
     Gradient clipping uses SpeechBrain's ``max_grad_norm`` run option.
 
     Batches carry ``mix_sig``, ``s1_sig`` .. ``s<num_spks>_sig`` (``PaddedData``) and,
@@ -183,6 +185,7 @@ class SeparationBrain(sb.Brain):
             self.zero_grad(set_to_none=True)
             self.check_loss_isfinite(loss)  # stops after nonfinite_patience NaN losses
             loss = torch.zeros((), device=self.device)
+        self.on_fit_batch_end(batch, predictions, loss, True)
         return loss.detach().cpu()
 
     def evaluate_batch(self, batch, stage):
@@ -221,6 +224,7 @@ class SeparationBrain(sb.Brain):
 
     def on_fit_start(self):
         self.skipped_batches = 0
+        self.fit_start_time = time.monotonic()
         self._set_aside_incomplete_checkpoints()
         super().on_fit_start()  # recovers the newest checkpoint, if any
 
@@ -248,6 +252,15 @@ class SeparationBrain(sb.Brain):
                         f"{target} and resuming from the previous one"
                     )
         ddp_barrier()
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        """Stop training once ``max_train_minutes`` of wall-clock time are spent: the
+        current epoch then ends with validation and a checkpoint, as at its end."""
+        budget = getattr(self.hparams, "max_train_minutes", 0)
+        if budget and time.monotonic() - self.fit_start_time > 60 * budget:
+            if self.optimizer_step_limit is None or self.optimizer_step_limit > self.optimizer_step:
+                logger.info(f"Training budget of {budget} minutes spent; stopping")
+                self.optimizer_step_limit = self.optimizer_step  # SpeechBrain's own stop
 
     def on_stage_start(self, stage, epoch=None):
         if stage == sb.Stage.TRAIN and hasattr(getattr(self, "train_dataset", None), "set_epoch"):

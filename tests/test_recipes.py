@@ -199,3 +199,18 @@ def test_long_test_mixtures_are_separated_in_chunks(datasets, tmp_path):
     )
     rows = read_results(out)
     assert rows[-1]["snt_id"] == "avg" and len(rows) == 3
+
+
+def test_wall_clock_budget_stops_training(datasets, tmp_path):
+    out = tmp_path / "out"
+    run(
+        train_command(
+            "WSJ0Mix", "s4m_tiny", datasets["WSJ0Mix"], out,
+            "--N_epochs=50", "--max_train_minutes=0.0001",
+        )
+    )
+    log = (out / "train_log.txt").read_text()
+    assert log.count("epoch: ") == 1, log  # stopped in epoch 1, then validated
+    epoch, steps, _ = _brain_state(out / "save")
+    assert (epoch, steps) == (1, 1)
+    assert read_results(out)[-1]["snt_id"] == "avg"
