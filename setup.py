@@ -33,6 +33,7 @@ setup(
         "console_scripts": [
             "s4m-export=speechbrain_s4m.export:cli",
             "s4m-separate=speechbrain_s4m.separate:cli",
+            "s4m-make-librimix=speechbrain_s4m.data.librispeech_mixtures:cli",
         ],
     },
 )

@@ -123,7 +123,8 @@ def build_datasets(hparams: Dict[str, Any], dynamic_mixing_layout: Optional[str]
     ---------
     hparams : dict
         Loaded hparams (``train_data``, ``valid_data``, ``test_data``, ``num_spks``,
-        ``sorting``, ``dynamic_mixing`` and, for it, ``base_folder_dm``, ...).
+        ``sorting``, ``dynamic_mixing`` and, for it, ``base_folder_dm``,
+        ``dm_examples_per_epoch`` and optionally ``dm_speakers_file``).
     dynamic_mixing_layout : str, optional
         Source-folder layout for dynamic mixing (``"wsj0"`` or ``"librispeech"``);
         None when the recipe has no dynamic mixing.
@@ -143,8 +144,13 @@ def build_datasets(hparams: Dict[str, Any], dynamic_mixing_layout: Optional[str]
         if hparams["limit_training_signal_len"]
         else None
     )
+    speakers = None
+    if hparams.get("dm_speakers_file"):
+        with open(hparams["dm_speakers_file"], encoding="utf-8") as f:
+            speakers = [line.strip() for line in f if line.strip()]
     train = DynamicMixingDataset(
         hparams["base_folder_dm"],
+        speakers=speakers,
         layout=dynamic_mixing_layout,
         sample_rate=hparams["sample_rate"],
         num_spks=num_spks,

@@ -19,6 +19,7 @@ import yaml
 sys.path.insert(0, os.path.dirname(__file__))
 from tiny_datasets import (  # noqa: E402
     make_librimix,
+    make_librispeech_folder,
     make_lrs2mix,
     make_wsj0_speaker_folder,
     make_wsj0mix,
@@ -213,4 +214,19 @@ def test_wall_clock_budget_stops_training(datasets, tmp_path):
     assert log.count("epoch: ") == 1, log  # stopped in epoch 1, then validated
     epoch, steps, _ = _brain_state(out / "save")
     assert (epoch, steps) == (1, 1)
+    assert read_results(out)[-1]["snt_id"] == "avg"
+
+
+def test_dynamic_mixing_from_librispeech_with_a_speaker_list(datasets, tmp_path):
+    folder = make_librispeech_folder(tmp_path, n_speakers=4, n_utts=2)
+    speakers = tmp_path / "train_speakers.txt"
+    speakers.write_text("19\n20\n21\n")
+    out = tmp_path / "out"
+    run(
+        train_command(
+            "LibriMix", "s4m_tiny", datasets["LibriMix"], out, "--debug",
+            "--dynamic_mixing=True", f"--base_folder_dm={folder}",
+            f"--dm_speakers_file={speakers}", "--dm_examples_per_epoch=2",
+        )
+    )
     assert read_results(out)[-1]["snt_id"] == "avg"
