@@ -25,15 +25,19 @@ setup(
         "numpy",
         "fast_bss_eval>=0.1.4",
         "tqdm",
+        "matplotlib",
+        # espeak-ng library + data, for the synthetic dataset (speechbrain_s4m.data.synthetic)
+        "espeakng-loader==0.2.4",
     ],
     extras_require={
         "test": ["pytest>=7", "mir_eval>=0.7"],
     },
     entry_points={
         "console_scripts": [
-            "s4m-export=speechbrain_s4m.export:cli",
-            "s4m-separate=speechbrain_s4m.separate:cli",
-            "s4m-make-librimix=speechbrain_s4m.data.librispeech_mixtures:cli",
+            "s4m-export=speechbrain_s4m.export:main",
+            "s4m-separate=speechbrain_s4m.separate:main",
+            "s4m-make-librimix=speechbrain_s4m.data.librispeech_mixtures:main",
+            "s4m-make-data=speechbrain_s4m.data.synthetic:main",
         ],
     },
 )

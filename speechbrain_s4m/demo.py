@@ -1,70 +1,257 @@
-"""Built-in demo: separate a generated two-speaker mixture with an untrained S4M.
+"""The main job on a built-in default, offline: ``make demo``.
 
-This shows the three lobes working together the way SpeechBrain's separation
-recipes compose them (Encoder -> MaskNet -> Decoder), with shapes and timing. It
-needs no dataset. Run it with ``make demo`` or ``python -m speechbrain_s4m.demo``.
+1. Generate (or reuse) a two-speaker dataset of synthesized speech in the Libri2Mix
+   layout (:mod:`speechbrain_s4m.data.synthetic`).
+2. Train S4M-tiny with the LibriMix recipe (``recipes/LibriMix/separation/train.py
+   hparams/s4m_tiny.yaml``) within a wall-clock budget, by YAML overrides only.
+3. Evaluate it on the test split (the recipe writes ``test_results.csv``).
+4. Export the model for SpeechBrain's ``SepformerSeparation`` (``s4m-export``).
+5. Separate one test mixture with ``s4m-separate``.
+6. Write a report folder: training curve, spectrograms, metrics and output paths.
+
+The last line printed is ``test SI-SNRi: <value> dB``.
+
+Authors
+ * speechbrain-s4m contributors
 """
 
 import argparse
-import math
-import time
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
 
-import torch
-from speechbrain.lobes.models.dual_path import Decoder
-
-from speechbrain_s4m.lobes import S4MMaskNet, WaveformEncoder
-
-
-def harmonic_voice(f0: float, seconds: float, sample_rate: int, seed: int) -> torch.Tensor:
-    """A speech-like test signal: a harmonic tone with vibrato and a syllabic envelope."""
-    generator = torch.Generator().manual_seed(seed)
-    t = torch.arange(int(seconds * sample_rate)) / sample_rate
-    pitch = f0 * (1 + 0.05 * torch.sin(2 * math.pi * 3 * t))
-    phase = 2 * math.pi * torch.cumsum(pitch, 0) / sample_rate
-    harmonics = sum(torch.sin(h * phase) / h for h in range(1, 8))
-    envelope = 0.5 * (1 + torch.sin(2 * math.pi * 4 * t + 6 * torch.rand(1, generator=generator)))
-    return harmonics * envelope
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "LibriMix" / "separation"
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--sample-rate", type=int, default=8000)
-    parser.add_argument("--tiny", action="store_true", help="S4M-tiny instead of S4M")
-    args = parser.parse_args(argv)
+@dataclass
+class DemoBudget:
+    """Sizes and budget of one demo run (the full demo and the quick test share the
+    code path and differ only in these numbers)."""
 
-    torch.manual_seed(0)
-    K = 4 * args.sample_rate // 1000  # 4 ms kernel
-    E = K // 2 + 1
-    encoder = WaveformEncoder(K)
-    masknet = S4MMaskNet(E, num_spks=2, decoder_s4=not args.tiny)
-    decoder = Decoder(E, 1, K, stride=K // 4, bias=False)
-    modules = (encoder, masknet, decoder)
-    params = sum(p.numel() for m in modules for p in m.parameters())
-    name = "S4M-tiny" if args.tiny else "S4M"
-
-    sources = torch.stack(
-        [
-            harmonic_voice(140.0, args.seconds, args.sample_rate, seed=1),
-            harmonic_voice(220.0, args.seconds, args.sample_rate, seed=2),
+    num_train: int = 2000
+    num_dev: int = 40
+    num_test: int = 100
+    train_minutes: float = 10.0
+    overrides: List[str] = field(
+        default_factory=lambda: [
+            "--num_blocks=4",
+            "--hidden_channels=256",
+            "--batch_size=4",
+            "--limit_training_signal_len=True",
+            "--training_signal_len=16000",
+            "--use_speedperturb=False",
+            "--threshold_byloss=False",
+            "--N_epochs=1000",
+            "--patience=1000",
+            "--ckpt_interval_minutes=0",
+            "--num_workers=1",
         ]
     )
-    mix = sources.sum(0, keepdim=True)  # [batch=1, time]
-    print(f"{name} (untrained): {params / 1e6:.2f} M parameters, kernel {K}, {E} bases")
-    print(f"mixture: {tuple(mix.shape)} at {args.sample_rate} Hz")
-    start = time.perf_counter()
-    with torch.inference_mode():
-        mix_w = encoder(mix)
-        masks = masknet(mix_w)
-        estimates = torch.stack([decoder(mix_w * m) for m in masks], dim=-1)
-        estimates = estimates[:, : mix.shape[-1]]
-    elapsed = time.perf_counter() - start
-    print(f"encoder output: {tuple(mix_w.shape)}  masks: {tuple(masks.shape)}")
-    print(f"estimates: {tuple(estimates.shape)}  [batch, time, speakers]")
-    print(
-        f"forward: {elapsed:.2f} s for {args.seconds:.1f} s of audio "
-        f"(real-time factor {elapsed / args.seconds:.3f}, {torch.get_num_threads()} threads)"
+
+
+QUICK = DemoBudget(
+    num_train=8,
+    num_dev=2,
+    num_test=3,
+    train_minutes=0.2,
+    overrides=[
+        "--num_blocks=1",
+        "--hidden_channels=16",
+        "--batch_size=2",
+        "--limit_training_signal_len=True",
+        "--training_signal_len=8000",
+        "--use_speedperturb=False",
+        "--N_epochs=2",
+        "--ckpt_interval_minutes=0",
+        "--num_workers=0",
+    ],
+)
+
+
+def _run(command: Sequence[str], step: str) -> None:
+    print(f"\n=== {step}\n$ {' '.join(str(c) for c in command)}", flush=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([str(c) for c in command], env=env)
+    if result.returncode != 0:
+        raise SystemExit(f"demo: step '{step}' failed with exit status {result.returncode}")
+
+
+def read_training_curve(train_log: Path) -> List[Dict[str, float]]:
+    """Epoch, train and valid SI-SNR (dB, positive is better) from ``train_log.txt``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> log = Path(tempfile.mkdtemp()) / "train_log.txt"
+    >>> _ = log.write_text("epoch: 1, lr: 1.00e-03 - train si-snr: 3.5 - valid si-snr: -2.25\\n")
+    >>> read_training_curve(log)
+    [{'epoch': 1.0, 'train': -3.5, 'valid': 2.25}]
+    """
+    pattern = re.compile(r"epoch: (\d+),.*train si-snr: ([-\d.e+]+) - valid si-snr: ([-\d.e+]+)")
+    points = []
+    for line in train_log.read_text().splitlines():
+        match = pattern.search(line)
+        if match:
+            epoch, train, valid = (float(g) for g in match.groups())
+            points.append({"epoch": epoch, "train": -train, "valid": -valid})  # loss = -SI-SNR
+    return points
+
+
+def plot_training_curve(points: List[Dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [p["epoch"] for p in points]
+    ax.plot(epochs, [p["train"] for p in points], "o-", label="train")
+    ax.plot(epochs, [p["valid"] for p in points], "s-", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("SI-SNR (dB)")
+    ax.set_title("S4M-tiny on the built-in synthetic Libri2Mix")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_spectrograms(signals: Dict[str, "object"], sample_rate: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(len(signals), 1, figsize=(8, 1.9 * len(signals)), sharex=True)
+    for ax, (title, signal) in zip(axes, signals.items()):
+        with np.errstate(divide="ignore"):  # digital silence
+            ax.specgram(np.asarray(signal), NFFT=256, Fs=sample_rate, noverlap=192, cmap="magma")
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel("Hz")
+    axes[-1].set_xlabel("time (s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _mean_results(results_csv: Path) -> Dict[str, float]:
+    with open(results_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    avg = next(r for r in rows if r["snt_id"] == "avg")
+    return {k: float(v) for k, v in avg.items() if k != "snt_id"} | {"utterances": len(rows) - 1}
+
+
+def run_demo(workdir: Path, budget: DemoBudget, retrain: bool = False, seed: int = 0) -> Dict:
+    """Run every step; return the summary written to ``report/metrics.json``."""
+    import soundfile as sf
+    import torch
+
+    from speechbrain_s4m.data.synthetic import make_synthetic_librimix
+    from speechbrain_s4m.export import export_model
+    from speechbrain_s4m.metrics import apply_permutation, best_permutation
+
+    workdir = workdir.resolve()
+    data, run, model, separated, report = (
+        workdir / name for name in ("data", "run", "model", "separated", "report")
     )
+
+    print("=== 1. Built-in dataset: synthesized two-speaker mixtures (Libri2Mix layout, 8 kHz)")
+    make_synthetic_librimix(
+        str(data), num_train=budget.num_train, num_dev=budget.num_dev,
+        num_test=budget.num_test, sample_rate=8000, seed=seed, progress=True,
+    )
+
+    if retrain or not (run / "test_results.csv").is_file():
+        _run(
+            [sys.executable, RECIPE / "train.py", RECIPE / "hparams" / "s4m_tiny.yaml",
+             f"--data_folder={data}", f"--output_folder={run}", "--device=cpu",
+             f"--max_train_minutes={budget.train_minutes}", f"--seed={seed}", *budget.overrides],
+            f"2-3. Train S4M-tiny ({budget.train_minutes:g} min budget) and evaluate on the test split",
+        )
+    else:
+        print(f"\n=== 2-3. Reusing the trained and evaluated run in {run} (--retrain to train again)")
+
+    print("\n=== 4. Export for SpeechBrain's SepformerSeparation")
+    export_model(str(run), str(model), force=True)  # the demo's own folder
+    print(f"exported to {model}")
+
+    test_folder = data / "Libri2Mix" / "wav8k" / "min" / "test"
+    mixture = sorted((test_folder / "mix_clean").glob("*.wav"))[0]
+    _run(
+        [sys.executable, "-m", "speechbrain_s4m.separate", "--model", model, mixture,
+         "--out", separated, "--force"],
+        "5. Separate one test mixture with s4m-separate",
+    )
+
+    report.mkdir(parents=True, exist_ok=True)
+    plot_training_curve(read_training_curve(run / "train_log.txt"), report / "training_curve.png")
+    mix, rate = sf.read(str(mixture), dtype="float32")
+    estimates = torch.stack(
+        [torch.from_numpy(sf.read(str(separated / f"{mixture.stem}_s{s}.wav"), dtype="float32")[0])
+         for s in (1, 2)], dim=-1)
+    references = torch.stack(
+        [torch.from_numpy(sf.read(str(test_folder / f"s{s}" / mixture.name), dtype="float32")[0])
+         for s in (1, 2)], dim=-1)
+    length = min(len(estimates), len(references))
+    perm, _ = best_permutation(estimates[None, :length], references[None, :length])
+    estimates = apply_permutation(estimates[None, :length], perm)[0]
+    plot_spectrograms(
+        {"mixture": mix[:length], "estimate, speaker 1": estimates[:, 0],
+         "reference, speaker 1": references[:length, 0], "estimate, speaker 2": estimates[:, 1],
+         "reference, speaker 2": references[:length, 1]},
+        rate, report / "spectrograms.png",
+    )
+    summary = {
+        "test_metrics_db": _mean_results(run / "test_results.csv"),
+        "paths": {
+            "dataset": str(data), "training_run": str(run),
+            "test_results": str(run / "test_results.csv"), "train_log": str(run / "train_log.txt"),
+            "exported_model": str(model), "separated_mixture": str(mixture),
+            "separated_outputs": [str(separated / f"{mixture.stem}_s{s}.wav") for s in (1, 2)],
+            "training_curve": str(report / "training_curve.png"),
+            "spectrograms": str(report / "spectrograms.png"),
+        },
+        "budget": {"train_minutes": budget.train_minutes, "overrides": budget.overrides,
+                   "num_train": budget.num_train, "num_dev": budget.num_dev, "num_test": budget.num_test},
+    }
+    (report / "metrics.json").write_text(json.dumps(summary, indent=2))
+    metrics = summary["test_metrics_db"]
+    lines = ["# Demo report", "", "| SI-SNR | SI-SNRi | SDR | SDRi | test mixtures |", "|---|---|---|---|---|",
+             f"| {metrics['si-snr']:.2f} dB | {metrics['si-snr_i']:.2f} dB | {metrics['sdr']:.2f} dB "
+             f"| {metrics['sdr_i']:.2f} dB | {metrics['utterances']} |", "", "## Outputs", ""]
+    lines += [f"- {name}: `{value}`" for name, value in summary["paths"].items()]
+    (report / "README.md").write_text("\n".join(lines) + "\n")
+    return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default="results/demo", help="where everything is written")
+    parser.add_argument("--train-minutes", type=float, default=None, help="training budget (default 10)")
+    parser.add_argument("--quick", action="store_true", help="a tiny budget (seconds): the test suite's run")
+    parser.add_argument("--retrain", action="store_true", help="train again even if a finished run exists")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    budget = QUICK if args.quick else DemoBudget()
+    if args.train_minutes is not None:
+        budget.train_minutes = args.train_minutes
+    summary = run_demo(Path(args.workdir), budget, retrain=args.retrain, seed=args.seed)
+    print("\n=== 6. Report")
+    for name, value in summary["paths"].items():
+        print(f"{name}: {value}")
+    metrics = summary["test_metrics_db"]
+    print(f"test SI-SNR: {metrics['si-snr']:.2f} dB, SDR: {metrics['sdr']:.2f} dB, "
+          f"SDRi: {metrics['sdr_i']:.2f} dB on {metrics['utterances']} mixtures")
+    print(f"test SI-SNRi: {metrics['si-snr_i']:.2f} dB")
 
 
 if __name__ == "__main__":

@@ -198,10 +198,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def cli() -> None:
-    """Console-script wrapper that exits with :func:`main`'s status."""
-    sys.exit(main())
-
-
 if __name__ == "__main__":
-    cli()
+    sys.exit(main())
