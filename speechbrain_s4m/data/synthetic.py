@@ -23,7 +23,7 @@ How it is made:
   in training, nor in each other.
 * Each speaker says a pool of random sentences of 5 to 15 words from a built-in list
   of common English words (:data:`WORDS`); each utterance is synthesized once (at
-  22,050 Hz, then resampled with ``torchaudio.functional.resample``) and used by about
+  22,050 Hz, then resampled with ``scipy.signal.resample_poly``) and used by about
   two mixtures.
 * A mixture pairs utterances of two different speakers of the same split, cropped to
   the shorter one (LibriMix's ``min`` mode), each scaled to a random loudness in
@@ -60,9 +60,7 @@ Authors
 """
 
 import argparse
-import contextlib
 import csv
-import functools
 import io
 import json
 import math
@@ -75,9 +73,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from scipy.signal import resample_poly
 import soundfile as sf
-import torch
-import torchaudio
 
 from speechbrain_s4m.data import espeak
 
@@ -342,20 +339,16 @@ def _plan_split(
 # ------------------------------------------------------------------------- audio
 
 
-@functools.lru_cache(maxsize=None)
-def _resampler(sample_rate: int) -> torchaudio.transforms.Resample:
-    # torchaudio.functional.resample with its filter computed once (in float64).
-    return torchaudio.transforms.Resample(
-        espeak.SAMPLE_RATE, sample_rate, dtype=torch.float64
-    )
-
-
 def _resample(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    """espeak-ng's int16 samples -> float32 at ``sample_rate``."""
-    signal = torch.from_numpy(samples.astype(np.float64) / 32768.0)
-    with torch.no_grad():
-        signal = _resampler(sample_rate)(signal)
-    return signal.numpy().astype(np.float32)
+    """espeak-ng's int16 samples -> float32 at ``sample_rate`` (polyphase filter).
+
+    NumPy/SciPy rather than torch: fast on one short signal without changing torch's
+    thread count (torch.set_num_threads(n >= 2) after LAPACK has run can hang later
+    linear algebra in the same process with torch 2.11's MKL build)."""
+    ratio = math.gcd(sample_rate, espeak.SAMPLE_RATE)
+    signal = samples.astype(np.float64) / 32768.0
+    resampled = resample_poly(signal, sample_rate // ratio, espeak.SAMPLE_RATE // ratio)
+    return resampled.astype(np.float32)
 
 
 def _synthesize_pools(
@@ -396,18 +389,6 @@ def _write_wav(path: str, samples: np.ndarray, sample_rate: int) -> None:
     sf.write(buffer, samples, sample_rate, subtype="PCM_16", format="WAV")
     with open(path, "wb") as f:
         f.write(buffer.getbuffer())
-
-
-@contextlib.contextmanager
-def _torch_threads(count: int):
-    """Run with ``count`` torch intra-op threads (resampling one short signal is ~50x
-    slower with several threads than with one), then restore the previous number."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _rms_db(x: np.ndarray) -> float:
@@ -643,13 +624,12 @@ def make_synthetic_librimix(
         ],
     )
     base = _dataset_folder(root, sample_rate)
-    with _torch_threads(1):
-        total_seconds = sum(
-            _make_split(
-                base, seed, index, speakers[index], counts, sample_rate, workers, progress
-            )
-            for index in range(len(SPLITS))
+    total_seconds = sum(
+        _make_split(
+            base, seed, index, speakers[index], counts, sample_rate, workers, progress
         )
+        for index in range(len(SPLITS))
+    )
 
     try:
         from importlib.metadata import version
