@@ -23,5 +23,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Efficiency benchmark (paper Table 4 + scaling); options via BENCH_ARGS, e.g.
+# make bench BENCH_ARGS="--sections params,macs,cpu --lengths 1,4"
+.PHONY: bench
+bench: $(STAMP)
+	$(VENV)/bin/s4m-bench $(BENCH_ARGS)
+
 clean-venv:
 	rm -rf $(VENV)

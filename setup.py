@@ -38,6 +38,7 @@ setup(
             "s4m-separate=speechbrain_s4m.separate:main",
             "s4m-make-librimix=speechbrain_s4m.data.librispeech_mixtures:main",
             "s4m-make-data=speechbrain_s4m.data.synthetic:main",
+            "s4m-bench=speechbrain_s4m.benchmark:main",
         ],
     },
 )

@@ -38,7 +38,7 @@ class DemoBudget:
     num_train: int = 2000
     num_dev: int = 40
     num_test: int = 100
-    train_minutes: float = 10.0
+    train_minutes: float = 12.0
     overrides: List[str] = field(
         default_factory=lambda: [
             "--num_blocks=4",
