@@ -1,16 +1,6 @@
 #!/usr/bin/env python3
-"""Train and evaluate a separator on WSJ0-2Mix / WSJ0-3Mix.
-
-The backbone comes from the hparams file alone:
-
-    python train.py hparams/s4m.yaml --data_folder=<dataset root>
-    python train.py hparams/s4m_tiny.yaml --data_folder=<dataset root>
-    python train.py hparams/sepformer.yaml --data_folder=<dataset root>
-
-Several GPUs: torchrun --nproc_per_node=N train.py hparams/s4m.yaml --data_folder=...
-Any hparam can be overridden on the command line (e.g. --batch_size=2).
-The training logic is speechbrain_s4m.separation.SeparationBrain, shared by all recipes.
-"""
+"""Train and evaluate a separator on WSJ0-2Mix / WSJ0-3Mix: ``python train.py hparams/<s4m|s4m_tiny|sepformer>.yaml
+--data_folder=<dataset root>`` (see README.md; the logic is speechbrain_s4m.separation)."""
 
 import sys
 
