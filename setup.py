@@ -26,6 +26,7 @@ setup(
         "fast_bss_eval>=0.1.4",
         "tqdm",
         "matplotlib",
+        "thop",  # MAC counting in s4m-bench (the paper's tool)
         # espeak-ng library + data, for the synthetic dataset (speechbrain_s4m.data.synthetic)
         "espeakng-loader==0.2.4",
     ],
