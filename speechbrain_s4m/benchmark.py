@@ -16,10 +16,10 @@ Sections (``--sections``, all by default):
   loss in training mode), milliseconds per 1 s track, synchronised timing after
   warm-up; skipped with a note when CUDA is absent.
 * ``scaling``: forward time and peak memory on the CPU for inputs of ``--lengths``
-  seconds, each in a fresh subprocess (peak memory = ``ru_maxrss`` after the timed
-  forwards minus the resident set size before them, after building the model and a
-  0.25 s warm-up; the peak is reset to that point through /proc/self/clear_refs, or
-  where that is impossible the baseline is ``ru_maxrss`` itself), and
+  seconds, each in a fresh subprocess (peak memory = the peak resident set size
+  ``VmHWM`` after the timed forwards minus the resident set size before them, after
+  building the model and a 0.25 s warm-up; the peak is reset to that point through
+  /proc/self/clear_refs; without /proc, ``ru_maxrss`` after minus before), and
   ``--long-seconds`` of audio (10 minutes by default) through the long-audio path
   (:func:`speechbrain_s4m.separate.separate_in_chunks`, 10 s chunks, 2 s overlap).
 
@@ -577,7 +577,16 @@ def gpu_rtf(
 
 # ---------------------------------------------------------------------- scaling
 def _max_rss_bytes() -> int:
-    """Peak resident set size of this process (``ru_maxrss``; Linux reports KiB)."""
+    """Peak resident set size of this process: ``VmHWM`` where /proc has it (the
+    high-water mark that /proc/self/clear_refs resets), else ``ru_maxrss``. On Linux
+    ``ru_maxrss`` also carries the RSS of the parent at fork time across ``exec``
+    (1 GB here for a worker started by the benchmark), so it cannot measure a
+    worker's own peak below that."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024
 
@@ -593,8 +602,8 @@ def _current_rss_bytes() -> Optional[int]:
 
 
 def _reset_peak_rss() -> bool:
-    """Reset the peak-RSS high-water mark (``ru_maxrss``) to the current RSS, which
-    Linux allows by writing 5 to /proc/self/clear_refs; False where it cannot."""
+    """Reset the peak-RSS high-water mark (``VmHWM``) to the current RSS, which Linux
+    allows by writing 5 to /proc/self/clear_refs; False where it cannot."""
     with contextlib.suppress(OSError):
         with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
             clear_refs.write("5")
@@ -606,8 +615,8 @@ def _memory_baseline() -> Tuple[int, str]:
     """Baseline for a peak-memory measurement and how it was taken."""
     gc.collect()
     if _current_rss_bytes() is not None and _reset_peak_rss():
-        return _current_rss_bytes(), "ru_maxrss after (peak reset before) minus RSS before the timed forwards"
-    return _max_rss_bytes(), "ru_maxrss after minus ru_maxrss before the timed forwards"
+        return _current_rss_bytes(), "peak RSS (VmHWM, reset before) after minus RSS before the timed forwards"
+    return _max_rss_bytes(), "peak RSS after minus peak RSS before the timed forwards"
 
 
 def set_torch_threads(count: int) -> None:
@@ -760,7 +769,7 @@ def _timed_forwards(model, mix, spec, sample_rate, runs, budget) -> str:
 
 
 def run_scaling_subprocess(spec: Dict[str, object], timeout: float = 3600.0) -> Dict[str, object]:
-    """:func:`scaling_worker` in a fresh Python process (so that ``ru_maxrss`` is this
+    """:func:`scaling_worker` in a fresh Python process (so that the peak RSS is this
     measurement's alone); failures are returned as ``{"error": ...}``."""
     command = [sys.executable, "-m", "speechbrain_s4m.benchmark", "--worker", json.dumps({**spec, "isolated": True})]
     try:
@@ -1182,8 +1191,9 @@ def report(record: Dict[str, object]) -> str:
         parts += ["## MACs by part (counting rule below)", "", macs_table(record["models"]), ""]
     if record.get("scaling"):
         parts += ["## Scaling with input length (CPU, fresh process per row)", "", scaling_table(record["scaling"]), "",
-                  "Peak memory: ru_maxrss after the timed forwards minus the resident set size before them (after building the model and "
-                  "a 0.25 s warm-up; the peak is reset there through /proc/self/clear_refs). 'time / linear from 4 s': forward time divided by "
+                  "Peak memory: peak resident set size (VmHWM, the process's ru_maxrss without what Linux carries over from the parent "
+                  "across exec) during the timed forwards minus the resident set size before them (after building the model and a 0.25 s "
+                  "warm-up; the peak is reset there through /proc/self/clear_refs). 'time / linear from 4 s': forward time divided by "
                   "the 4 s time scaled to the same length.", ""]
     if record.get("notes"):
         parts += ["## Notes", ""] + [f"- {note}" for note in record["notes"]] + [""]
