@@ -40,6 +40,7 @@ setup(
             "s4m-make-librimix=speechbrain_s4m.data.librispeech_mixtures:main",
             "s4m-make-data=speechbrain_s4m.data.synthetic:main",
             "s4m-bench=speechbrain_s4m.benchmark:main",
+            "s4m-plot-curves=speechbrain_s4m.curves:main",
         ],
     },
 )

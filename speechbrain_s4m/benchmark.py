@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from speechbrain_s4m.lobes.s4 import S4, fft_length, reference_implementation
+from speechbrain_s4m.resources import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
 SAMPLE_RATE = 16000
 DEFAULT_MODELS = ("S4M-tiny", "S4M", "Sepformer")
@@ -576,47 +577,12 @@ def gpu_rtf(
 
 
 # ---------------------------------------------------------------------- scaling
-def _max_rss_bytes() -> int:
-    """Peak resident set size of this process: ``VmHWM`` where /proc has it (the
-    high-water mark that /proc/self/clear_refs resets), else ``ru_maxrss``. On Linux
-    ``ru_maxrss`` also carries the RSS of the parent at fork time across ``exec``
-    (1 GB here for a worker started by the benchmark), so it cannot measure a
-    worker's own peak below that."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
-
-
-def _current_rss_bytes() -> Optional[int]:
-    """Resident set size now (``VmRSS``), or None where /proc is unavailable."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the peak-RSS high-water mark (``VmHWM``) to the current RSS, which Linux
-    allows by writing 5 to /proc/self/clear_refs; False where it cannot."""
-    with contextlib.suppress(OSError):
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
-            clear_refs.write("5")
-        return True
-    return False
-
-
 def _memory_baseline() -> Tuple[int, str]:
     """Baseline for a peak-memory measurement and how it was taken."""
     gc.collect()
-    if _current_rss_bytes() is not None and _reset_peak_rss():
-        return _current_rss_bytes(), "peak RSS (VmHWM, reset before) after minus RSS before the timed forwards"
-    return _max_rss_bytes(), "peak RSS after minus peak RSS before the timed forwards"
+    if current_rss_bytes() is not None and reset_peak_rss():
+        return current_rss_bytes(), "peak RSS (VmHWM, reset before) after minus RSS before the timed forwards"
+    return peak_rss_bytes(), "peak RSS after minus peak RSS before the timed forwards"
 
 
 def set_torch_threads(count: int) -> None:
@@ -731,7 +697,7 @@ def _scaling_measurement(spec: Dict[str, object]) -> Dict[str, object]:
         if "memory" not in str(error).lower() and not isinstance(error, MemoryError):
             raise
         return {"seconds": seconds, "error": f"out of memory (over the {limit} GiB limit)"}
-    peak = max(_max_rss_bytes(), baseline)
+    peak = max(peak_rss_bytes(), baseline)
     after = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "seconds": seconds,

@@ -19,7 +19,6 @@ import argparse
 import csv
 import json
 import os
-import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -33,16 +32,25 @@ RECIPE = REPO / "recipes" / "LibriMix" / "separation"
 @dataclass
 class DemoBudget:
     """Sizes and budget of one demo run (the full demo and the quick test share the
-    code path and differ only in these numbers)."""
+    code path and differ only in these numbers).
+
+    The full demo trains a narrower, shallower S4M-tiny (4 unfolded passes of a
+    256-channel block instead of 16 of 512) with an 8 ms encoder kernel (33 encoder
+    channels at a 2 ms hop instead of 17 at 1 ms), on random 2 s crops, batch 4.
+    Measured on a 2-core CPU: the 8 ms kernel doubles the steps per second (2.5
+    against 1.3) at about the same validation SI-SNR after 500 steps (1.66 against
+    1.78 dB); 1 s crops learned more slowly per step (2.06 dB after 1500 steps,
+    against 2.71 dB after 940 steps of 2 s crops with the 4 ms kernel)."""
 
     num_train: int = 2000
     num_dev: int = 40
     num_test: int = 100
-    train_minutes: float = 12.0
+    train_minutes: float = 13.0
     overrides: List[str] = field(
         default_factory=lambda: [
             "--num_blocks=4",
             "--hidden_channels=256",
+            "--kernel_size=64",
             "--batch_size=4",
             "--limit_training_signal_len=True",
             "--training_signal_len=16000",
@@ -83,47 +91,6 @@ def _run(command: Sequence[str], step: str) -> None:
         raise SystemExit(f"demo: step '{step}' failed with exit status {result.returncode}")
 
 
-def read_training_curve(train_log: Path) -> List[Dict[str, float]]:
-    """Epoch, train and valid SI-SNR (dB, positive is better) from ``train_log.txt``.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> log = Path(tempfile.mkdtemp()) / "train_log.txt"
-    >>> _ = log.write_text("epoch: 1, lr: 1.00e-03 - train si-snr: 3.5 - valid si-snr: -2.25\\n")
-    >>> read_training_curve(log)
-    [{'epoch': 1.0, 'train': -3.5, 'valid': 2.25}]
-    """
-    pattern = re.compile(r"epoch: (\d+),.*train si-snr: ([-\d.e+]+) - valid si-snr: ([-\d.e+]+)")
-    points = []
-    for line in train_log.read_text().splitlines():
-        match = pattern.search(line)
-        if match:
-            epoch, train, valid = (float(g) for g in match.groups())
-            points.append({"epoch": epoch, "train": -train, "valid": -valid})  # loss = -SI-SNR
-    return points
-
-
-def plot_training_curve(points: List[Dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = [p["epoch"] for p in points]
-    ax.plot(epochs, [p["train"] for p in points], "o-", label="train")
-    ax.plot(epochs, [p["valid"] for p in points], "s-", label="validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("SI-SNR (dB)")
-    ax.set_title("S4M-tiny on the built-in synthetic Libri2Mix")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def plot_spectrograms(signals: Dict[str, "object"], sample_rate: int, path: Path) -> None:
     import matplotlib
 
@@ -157,6 +124,7 @@ def run_demo(workdir: Path, budget: DemoBudget, retrain: bool = False, seed: int
 
     from speechbrain_s4m.data.synthetic import make_synthetic_librimix
     from speechbrain_s4m.export import export_model
+    from speechbrain_s4m.curves import plot_training_curves, read_training_curve
     from speechbrain_s4m.metrics import apply_permutation, best_permutation
 
     workdir = workdir.resolve()
@@ -193,7 +161,8 @@ def run_demo(workdir: Path, budget: DemoBudget, retrain: bool = False, seed: int
     )
 
     report.mkdir(parents=True, exist_ok=True)
-    plot_training_curve(read_training_curve(run / "train_log.txt"), report / "training_curve.png")
+    plot_training_curves({"S4M-tiny": read_training_curve(run / "train_log.txt")}, report / "training_curve.png",
+                         title="S4M-tiny on the built-in synthetic Libri2Mix")
     mix, rate = sf.read(str(mixture), dtype="float32")
     estimates = torch.stack(
         [torch.from_numpy(sf.read(str(separated / f"{mixture.stem}_s{s}.wav"), dtype="float32")[0])
@@ -236,7 +205,7 @@ def run_demo(workdir: Path, budget: DemoBudget, retrain: bool = False, seed: int
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default="results/demo", help="where everything is written")
-    parser.add_argument("--train-minutes", type=float, default=None, help="training budget (default 10)")
+    parser.add_argument("--train-minutes", type=float, default=None, help=f"training budget in minutes (default {DemoBudget.train_minutes:g})")
     parser.add_argument("--quick", action="store_true", help="a tiny budget (seconds): the test suite's run")
     parser.add_argument("--retrain", action="store_true", help="train again even if a finished run exists")
     parser.add_argument("--seed", type=int, default=0)

@@ -16,6 +16,7 @@ import csv
 import logging
 import os
 import time
+import zipfile
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -27,6 +28,7 @@ from speechbrain.utils.epoch_loop import EpochCounterWithStopper
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 from speechbrain_s4m.metrics import separation_metrics
+from speechbrain_s4m.resources import peak_memory_gb
 from speechbrain_s4m.separate import separate_in_chunks
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,21 @@ class EarlyStoppingCounter(EpochCounterWithStopper):
     @mark_as_loader
     def _recover(self, path, end_of_epoch=True, device=None):
         super()._recover(path, end_of_epoch, device)
+
+
+def _checkpoint_file_is_whole(path) -> bool:
+    """Whether a checkpoint file exists and was written to the end: not empty, and a
+    complete zip archive when it is one (``torch.save``'s format; a file cut short
+    while being written has no central directory). Text files (YAML) only need to
+    exist and be non-empty."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    if not head:
+        return False
+    return head != b"PK\x03\x04" or zipfile.is_zipfile(path)
 
 
 class SeparationBrain(sb.Brain):
@@ -165,6 +182,7 @@ class SeparationBrain(sb.Brain):
                 mixture, targets, sb.Stage.TRAIN, noise
             )
             loss = self.compute_objectives(predictions, targets)
+            self.train_audio_seconds += predictions.shape[0] * predictions.shape[1] / self.hparams.sample_rate
             if self.hparams.threshold_byloss:
                 # Hard threshold: drop the examples already separated beyond it.
                 hard = loss[loss > self.hparams.threshold]
@@ -242,14 +260,14 @@ class SeparationBrain(sb.Brain):
                 if not self.checkpointer.optional_recoverables.get(name, False)
             ]
             for folder in sorted(self.checkpointer.checkpoints_dir.glob("CKPT+*")):
-                missing = [f for f in required if not (folder / f).is_file()]
-                if missing:
+                broken = [f for f in required if not _checkpoint_file_is_whole(folder / f)]
+                if broken:
                     target = folder.with_name("INCOMPLETE+" + folder.name[len("CKPT+") :])
                     folder.rename(target)
                     logger.warning(
-                        f"Checkpoint {folder} is incomplete (missing {', '.join(missing)}; "
-                        f"the run was probably stopped while saving it); moved it to "
-                        f"{target} and resuming from the previous one"
+                        f"Checkpoint {folder} is incomplete ({', '.join(broken)} missing or "
+                        f"truncated; the run was probably stopped while saving it); moved it "
+                        f"to {target} and resuming from the previous one"
                     )
         ddp_barrier()
 
@@ -263,15 +281,18 @@ class SeparationBrain(sb.Brain):
                 self.optimizer_step_limit = self.optimizer_step  # SpeechBrain's own stop
 
     def on_stage_start(self, stage, epoch=None):
-        if stage == sb.Stage.TRAIN and hasattr(getattr(self, "train_dataset", None), "set_epoch"):
-            self.train_dataset.set_epoch(epoch)  # dynamic mixing: new mixtures each epoch
+        if stage == sb.Stage.TRAIN:
+            self.train_stage_start = time.monotonic()
+            self.train_audio_seconds = 0.0  # mixture audio trained on in this stage
+            if hasattr(getattr(self, "train_dataset", None), "set_epoch"):
+                self.train_dataset.set_epoch(epoch)  # dynamic mixing: new mixtures each epoch
         if stage == sb.Stage.TEST:
             self.test_rows = []
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         stage_stats = {"si-snr": stage_loss}  # the loss, -SI-SNR, as SpeechBrain logs it
         if stage == sb.Stage.TRAIN:
-            self.train_stats = stage_stats
+            self.train_stats = {**stage_stats, **self.training_speed_stats()}
         elif stage == sb.Stage.VALID:
             current_lr = self.optimizer.param_groups[0]["lr"]
             scheduler = getattr(self.hparams, "lr_scheduler", None)
@@ -302,6 +323,20 @@ class SeparationBrain(sb.Brain):
                 test_stats={"loss": stage_loss, **means},
             )
             logger.info(f"Per-utterance test results written to {path}")
+
+    def training_speed_stats(self) -> Dict[str, float]:
+        """Logged with every epoch's training loss: ``audio_s_per_s``, seconds of
+        mixture audio trained on per second of wall-clock time in this epoch's training
+        stage (this process; after a resume, since the resume); ``minutes``, wall-clock
+        minutes since training started or resumed (validation included, as the
+        ``max_train_minutes`` budget counts them); ``peak_mem_GB``, peak memory so far
+        (PyTorch's peak allocation on a CUDA device, else the process's peak RSS)."""
+        seconds = max(time.monotonic() - self.train_stage_start, 1e-9)
+        return {
+            "audio_s_per_s": round(self.train_audio_seconds / seconds, 3),
+            "minutes": round((time.monotonic() - self.fit_start_time) / 60, 2),
+            "peak_mem_GB": round(peak_memory_gb(self.device), 3),
+        }
 
     # ------------------------------------------------------------------ results
     def test_means(self) -> Dict[str, float]:

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from speechbrain_s4m.curves import read_training_curve
+
 sys.path.insert(0, os.path.dirname(__file__))
 from tiny_datasets import (  # noqa: E402
     make_librimix,
@@ -98,7 +100,10 @@ def test_recipe_runs_end_to_end(recipe, hparams, datasets, tmp_path):
         for key in ["sdr", "sdr_i", "si-snr", "si-snr_i"]:
             float(row[key])  # a number (NaN would still parse: check finiteness)
             assert row[key].lower() not in ("nan", "inf", "-inf"), row
-    assert (out / "train_log.txt").read_text().count("epoch: ") >= 1
+    curve = read_training_curve(out / "train_log.txt")
+    assert len(curve) >= 1
+    for point in curve:  # the Brain's training statistics, logged with every epoch
+        assert point["audio_s_per_s"] > 0 and point["peak_mem_GB"] > 0.05 and point["minutes"] >= 0
 
 
 def test_missing_data_folder_stops_before_any_model_is_built(tmp_path):

@@ -22,3 +22,25 @@ def test_early_stopping_state_survives_a_checkpoint(tmp_path):
     resumed.update_metric(4.7)
     assert resumed.should_stop
     assert list(resumed) == []
+
+
+def test_checkpoint_files_cut_short_while_saving_are_detected(tmp_path):
+    # A run killed while SpeechBrain writes a checkpoint leaves a truncated file;
+    # resuming must set that checkpoint aside instead of failing to load it.
+    import torch
+
+    from speechbrain_s4m.separation import _checkpoint_file_is_whole
+
+    whole = tmp_path / "masknet.ckpt"
+    torch.save({"weight": torch.randn(64, 64)}, whole)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    text = tmp_path / "brain.ckpt"
+    text.write_text("step: 3\n")
+    assert _checkpoint_file_is_whole(whole)
+    assert _checkpoint_file_is_whole(text)
+    assert not _checkpoint_file_is_whole(truncated)
+    assert not _checkpoint_file_is_whole(empty)
+    assert not _checkpoint_file_is_whole(tmp_path / "missing.ckpt")

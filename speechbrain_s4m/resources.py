@@ -1,0 +1,68 @@
+"""Memory of the running process: current and peak resident set size, and the peak
+device memory used in training. Shared by the separation Brain (per-epoch training
+statistics) and the efficiency benchmark (``s4m-bench``)."""
+
+import contextlib
+import resource
+import sys
+from typing import Optional
+
+import torch
+
+
+def _proc_status_bytes(field: str) -> Optional[int]:
+    """A ``kB`` field of /proc/self/status in bytes, or None where /proc is absent."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process: ``VmHWM`` where /proc has it (the
+    high-water mark that :func:`reset_peak_rss` resets), else ``ru_maxrss``. On Linux
+    ``ru_maxrss`` also carries the RSS of the parent at fork time across ``exec``, so
+    it cannot measure a child's own peak below its parent's size.
+
+    Example
+    -------
+    >>> peak_rss_bytes() >= (current_rss_bytes() or 0) > 0
+    True
+    """
+    peak = _proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def current_rss_bytes() -> Optional[int]:
+    """Resident set size now (``VmRSS``), or None where /proc is unavailable."""
+    return _proc_status_bytes("VmRSS")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak-RSS high-water mark (``VmHWM``) to the current RSS, which Linux
+    allows by writing 5 to /proc/self/clear_refs; False where it cannot."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
+            clear_refs.write("5")
+        return True
+    return False
+
+
+def peak_memory_gb(device: "str | torch.device") -> float:
+    """Peak memory in GB (1e9 bytes) for work on ``device``: the peak memory
+    allocated by PyTorch on a CUDA device, else the process's peak resident set size.
+
+    Example
+    -------
+    >>> peak_memory_gb("cpu") > 0
+    True
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return peak_rss_bytes() / 1e9
