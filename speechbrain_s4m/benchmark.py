@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from speechbrain_s4m.lobes.s4 import S4, fft_length, reference_implementation
-from speechbrain_s4m.resources import current_rss_bytes, peak_rss_bytes, reset_peak_rss
+from speechbrain_s4m.resources import current_rss_bytes, peak_rss_bytes, proc_field_bytes, reset_peak_rss
 
 SAMPLE_RATE = 16000
 DEFAULT_MODELS = ("S4M-tiny", "S4M", "Sepformer")
@@ -638,21 +638,10 @@ def keep_freed_memory() -> bool:
     return False
 
 
-def _meminfo_bytes(key: str) -> Optional[int]:
-    """A field of /proc/meminfo (or /proc/self/status for ``Vm*``) in bytes."""
-    path = "/proc/self/status" if key.startswith("Vm") else "/proc/meminfo"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open(path, encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    return None
-
-
 def default_memory_limit_gib() -> Optional[float]:
     """70 % of the memory available now (``MemAvailable``), the default cap on what
     one scaling measurement may allocate; None where /proc/meminfo is unavailable."""
-    available = _meminfo_bytes("MemAvailable")
+    available = proc_field_bytes("MemAvailable", "/proc/meminfo")
     return None if available is None else round(0.7 * available / 2**30, 1)
 
 
@@ -660,7 +649,7 @@ def _limit_address_space(limit_gib: Optional[float]) -> None:
     """Let allocations beyond ``limit_gib`` more than now fail in this process (a
     clean 'out of memory' error) rather than invoke the kernel's OOM killer on a
     shared machine."""
-    current = _meminfo_bytes("VmSize")
+    current = proc_field_bytes("VmSize")
     if not limit_gib or current is None:
         return
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)

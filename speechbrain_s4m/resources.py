@@ -10,10 +10,17 @@ from typing import Optional
 import torch
 
 
-def _proc_status_bytes(field: str) -> Optional[int]:
-    """A ``kB`` field of /proc/self/status in bytes, or None where /proc is absent."""
+def proc_field_bytes(field: str, path: str = "/proc/self/status") -> Optional[int]:
+    """A ``kB`` field of a /proc file (``/proc/self/status`` by default, or e.g.
+    ``/proc/meminfo``) in bytes, or None where /proc or the field is absent.
+
+    Example
+    -------
+    >>> proc_field_bytes("NoSuchField") is None
+    True
+    """
     with contextlib.suppress(OSError, ValueError, IndexError):
-        with open("/proc/self/status", encoding="ascii") as status:
+        with open(path, encoding="ascii") as status:
             for line in status:
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
@@ -31,7 +38,7 @@ def peak_rss_bytes() -> int:
     >>> peak_rss_bytes() >= (current_rss_bytes() or 0) > 0
     True
     """
-    peak = _proc_status_bytes("VmHWM")
+    peak = proc_field_bytes("VmHWM")
     if peak is not None:
         return peak
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -40,7 +47,7 @@ def peak_rss_bytes() -> int:
 
 def current_rss_bytes() -> Optional[int]:
     """Resident set size now (``VmRSS``), or None where /proc is unavailable."""
-    return _proc_status_bytes("VmRSS")
+    return proc_field_bytes("VmRSS")
 
 
 def reset_peak_rss() -> bool:
