@@ -236,9 +236,7 @@ class LocalAttention(nn.Module):
             embeddings = F.interpolate(
                 embeddings.reshape(batch, 2 * C, length), size=local.shape[-1], mode="nearest"
             ).view(batch, 2, C, -1)
-        if in_place:
-            return torch.addcmul(embeddings[:, 1], local, embeddings[:, 0], out=local)
-        return torch.addcmul(embeddings[:, 1], local, embeddings[:, 0])
+        return torch.addcmul(embeddings[:, 1], local, embeddings[:, 0], out=local if in_place else None)
 
 
 def gated_embeddings(x: torch.Tensor, embeddings: Sequence[nn.Sequential]) -> torch.Tensor:
@@ -271,6 +269,14 @@ def gated_embeddings(x: torch.Tensor, embeddings: Sequence[nn.Sequential]) -> to
     return y
 
 
+def add_residual(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x + y`` for a branch output ``y`` that nothing else holds: without autograd
+    (and at ``x``'s dtype) the sum overwrites ``y``, saving one full-size allocation."""
+    if torch.is_grad_enabled() or y.dtype != x.dtype:
+        return x + y
+    return y.add_(x)
+
+
 class ResidualS4(nn.Module):
     """Pre-norm residual S4 layer: ``x + S4(LayerNorm(x))``.
 
@@ -288,10 +294,7 @@ class ResidualS4(nn.Module):
     def forward(
         self, x: torch.Tensor, spectrum: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        y = self.s4(self.norm(x), spectrum)
-        if torch.is_grad_enabled() or y.dtype != x.dtype:
-            return x + y
-        return y.add_(x)  # inference: y is a temporary, skip one allocation
+        return add_residual(x, self.s4(self.norm(x), spectrum))
 
 
 class ResidualFeedForward(nn.Module):
@@ -314,10 +317,7 @@ class ResidualFeedForward(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.feed_forward(self.norm(x))
-        if torch.is_grad_enabled() or y.dtype != x.dtype:
-            return x + y
-        return y.add_(x)  # inference: y is a temporary, skip one allocation
+        return add_residual(x, self.feed_forward(self.norm(x)))
 
 
 class S4MBlock(nn.Module):
