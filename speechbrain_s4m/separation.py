@@ -249,7 +249,8 @@ class SeparationBrain(sb.Brain):
     def _set_aside_incomplete_checkpoints(self) -> None:
         """SpeechBrain writes a checkpoint's meta file first and its parameter files
         after it, so a run killed while saving leaves a checkpoint that cannot be
-        loaded. Rename such folders to ``INCOMPLETE+...`` (kept, not deleted) so that
+        loaded: a required file missing, or any file present (optional ones such as
+        the grad scaler's included) empty or cut short. Rename such folders to ``INCOMPLETE+...`` (kept, not deleted) so that
         resuming picks the last complete checkpoint."""
         if self.checkpointer is None:
             return
@@ -260,7 +261,11 @@ class SeparationBrain(sb.Brain):
                 if not self.checkpointer.optional_recoverables.get(name, False)
             ]
             for folder in sorted(self.checkpointer.checkpoints_dir.glob("CKPT+*")):
-                broken = [f for f in required if not _checkpoint_file_is_whole(folder / f)]
+                present = sorted(path.name for path in folder.glob("*.ckpt"))
+                broken = sorted(
+                    {f for f in required if f not in present}  # optional ones may be absent
+                    | {f for f in present if not _checkpoint_file_is_whole(folder / f)}
+                )
                 if broken:
                     target = folder.with_name("INCOMPLETE+" + folder.name[len("CKPT+") :])
                     folder.rename(target)
