@@ -15,6 +15,14 @@ Sections (``--sections``, all by default):
 * ``gpu``: GPU-RTF-f and GPU-RTF-b (forward, and forward + backward of a mean-square
   loss in training mode), milliseconds per 1 s track, synchronised timing after
   warm-up; skipped with a note when CUDA is absent.
+* ``train``: one CPU training step of the LibriMix recipes' models (built from
+  ``recipes/LibriMix/separation/hparams/{s4m_tiny,s4m,sepformer}.yaml``, 8 kHz):
+  forward, uPIT SI-SNR loss (the recipes' ``loss``), backward, one step of the
+  recipes' Adam ``optimizer`` and ``zero_grad``, on a batch of 2 random mixtures of
+  2 s (2 random sources each, fixed seed); one warm-up step each, then
+  ``--train-rounds`` rounds in which every model takes one step (round-robin, one
+  process); median step time, audio seconds per second and Sepformer's step time /
+  the model's.
 * ``scaling``: forward time and peak memory on the CPU for inputs of ``--lengths``
   seconds, each in a fresh subprocess (peak memory = the peak resident set size
   ``VmHWM`` after the timed forwards minus the resident set size before them, after
@@ -44,19 +52,34 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from speechbrain_s4m.lobes.s4 import S4, fft_length, reference_implementation
-from speechbrain_s4m.resources import current_rss_bytes, peak_rss_bytes, proc_field_bytes, reset_peak_rss
+from speechbrain_s4m.lobes.s4 import S4, fft_length
+from speechbrain_s4m.resources import (
+    current_rss_bytes,
+    keep_freed_memory,
+    peak_rss_bytes,
+    proc_field_bytes,
+    reset_peak_rss,
+)
 
 SAMPLE_RATE = 16000
 DEFAULT_MODELS = ("S4M-tiny", "S4M", "Sepformer")
-SECTIONS = ("params", "macs", "cpu", "gpu", "scaling")
+SECTIONS = ("params", "macs", "cpu", "gpu", "train", "scaling")
 REFERENCE = "Sepformer"
+
+# The training section's models: the LibriMix recipe's hparams file of each.
+RECIPE_HPARAMS = {"S4M-tiny": "s4m_tiny.yaml", "S4M": "s4m.yaml", "Sepformer": "sepformer.yaml"}
+RECIPE_HPARAMS_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "LibriMix", "separation", "hparams"
+)
+TRAIN_SPEEDUP_TARGET = 6.0  # S4M-tiny's training step, times faster than Sepformer's
 
 # The paper's Table 4 (LRS2-2Mix, 16 kHz) and its parameter counts (Tables 1-3).
 PAPER = {
@@ -67,8 +90,7 @@ PAPER = {
 
 COUNTING_RULE = """\
 MAC counting rule (1 MAC = one real multiply-accumulate; batch 1, 1 s of 16 kHz audio):
-  thop: thop.profile on the layers' reference operators (the CPU inference fast
-        paths are off while counting), with thop's per-module rules matched by
+  thop: thop.profile with thop's per-module rules matched by
         isinstance, so that subclasses (WaveformEncoder, PointwiseConv1d,
         DepthwiseConv1d are nn.Conv1d) count like their base class. Conv and
         transposed conv: output elements x
@@ -80,16 +102,19 @@ MAC counting rule (1 MAC = one real multiply-accumulate; batch 1, 1 s of 16 kHz 
     - S4 FFT convolution, per call, per channel and example, FFT length
       n = fft_length(2L): rfft + irfft (1.25 n log2 n real MACs each: half of a
       complex FFT's 5 n log2 n flops = 2.5 n log2 n MACs), the pointwise product
-      with the kernel spectrum (n/2 + 1 complex products), and D u (L).
+      with the kernel spectrum (n/2 + 1 complex products; D is folded into it).
     - S4 kernel generation (once per call of S4.kernel_spectrum, per channel; N =
-      d_state states with conjugates, d = directions, M = fft_length(L), F = M/2+1):
-      bilinear discretisation (two LU factorisations 2 N^3/3 and solves (N+1) N^2),
-      A_bar^M by repeated squaring ((floor(log2 M) + popcount(M) - 1) N^3),
-      C (I - A_bar^M) (d N^2), numerators ((2d+2) N), Cauchy kernel per state and
-      frequency (denominator 2, reciprocal 1, numerator product 2d+2), Woodbury
-      correction (4 per direction and frequency), then irfft of length M and rfft of
-      length n per direction (FFT rule above). Diagonal mode: Vandermonde kernel,
-      d N/2 L complex products + N/2 L complex-by-real exponents (2 MACs each).
+      d_state states with conjugates, d = directions, F = n/2 + 1 frequencies of
+      the FFT that applies it): the generating function of the L-tap kernel in
+      closed form, C (I - A_bar z)^-1 B_bar - z^L C A_bar^L (I - A_bar z)^-1 B_bar,
+      at the F frequencies. DPLR: bilinear discretisation (two LU factorisations
+      2 N^3/3 and solves (N+1) N^2), A_bar^L by repeated squaring
+      ((floor(log2 L) + popcount(L) - 1) N^3), C A_bar^L (d N^2), numerators
+      ((4d+2) N), Cauchy kernel per state and frequency (denominator 2, reciprocal
+      1, numerator product 4d+2), Woodbury correction (4 per numerator pair and
+      frequency) and the truncation term (d F). Diagonal: zero-order hold (3 N/2),
+      numerators (2d N), Cauchy kernel per state and frequency (denominator 1,
+      reciprocal 1, numerator product 2d) and the truncation term (d F).
       Complex multiplies, multiply-adds and reciprocals count 4 real MACs each;
       additions and exponentials 0.
     - nn.MultiheadAttention (Sepformer): Q/K/V and output projections ((L + 2S + L)
@@ -254,41 +279,32 @@ def s4_kernel_macs(layer: S4, length: int) -> float:
     """
     H, N = layer.d_model, layer.d_state
     d = 2 if layer.bidirectional else 1
-    n = fft_length(2 * length)
-    complex_macs = 0.0
-    real_macs = 0.0
+    F = fft_length(2 * length) // 2 + 1
     if layer.mode == "dplr":
-        M = fft_length(length)
-        F = M // 2 + 1
-        complex_macs += 2 * N**3 / 3 + (N + 1) * N**2  # bilinear: two LUs + solves
-        complex_macs += _matrix_power_products(M) * N**3  # A_bar^M
-        complex_macs += d * N**2  # C A_bar^M
-        complex_macs += (2 * d + 2) * N  # numerators
-        complex_macs += (2 + 1 + (2 * d + 2)) * N * F  # Cauchy kernel
-        complex_macs += 4 * d * F  # Woodbury
-        real_macs += d * rfft_macs(M)  # spectrum -> kernel
+        complex_macs = 2 * N**3 / 3 + (N + 1) * N**2  # bilinear: two LUs + solves
+        complex_macs += _matrix_power_products(length) * N**3  # A_bar^L
+        complex_macs += d * N**2  # C A_bar^L
+        complex_macs += (4 * d + 2) * N  # numerators
+        complex_macs += (2 + 1 + (4 * d + 2)) * N * F  # Cauchy kernel
+        complex_macs += 4 * 2 * d * F + d * F  # Woodbury, truncation term
     else:
-        half = N // 2
-        complex_macs += 3 * half  # zero-order hold
-        complex_macs += d * half  # C B_bar
-        complex_macs += d * half * length  # Vandermonde product
-        real_macs += 2 * half * length  # exponents (complex by real)
-    real_macs += d * rfft_macs(n)  # kernel -> spectrum
-    return H * (4 * complex_macs + real_macs)
+        complex_macs = 3 * N / 2 + 2 * d * N  # zero-order hold, numerators
+        complex_macs += (1 + 1 + 2 * d) * N * F + d * F  # Cauchy kernel, truncation
+    return H * 4 * complex_macs
 
 
 def s4_convolution_macs(layer: S4, batch: int, length: int) -> float:
-    """Real MACs of the FFT convolution (and ``D u``) in ``layer.forward`` for an input
-    ``[batch, H, length]`` under :data:`COUNTING_RULE` (the 1x1 output convolution is
-    counted by thop).
+    """Real MACs of the FFT convolution in ``layer.forward`` (``D u`` is folded into
+    the kernel spectrum) for an input ``[batch, H, length]`` under
+    :data:`COUNTING_RULE` (the 1x1 output convolution is counted by thop).
 
     Example
     -------
-    >>> s4_convolution_macs(S4(d_model=1), batch=1, length=8)  # 2 x 80 + 4 x 9 + 8
-    204.0
+    >>> s4_convolution_macs(S4(d_model=1), batch=1, length=8)  # 2 x 80 + 4 x 9
+    196.0
     """
     n = fft_length(2 * length)
-    per_channel = 2 * rfft_macs(n) + 4 * (n // 2 + 1) + length
+    per_channel = 2 * rfft_macs(n) + 4 * (n // 2 + 1)
     return float(batch * layer.d_model * per_channel)
 
 
@@ -413,7 +429,7 @@ def count_macs(
         inputs = (torch.randn(1, int(round(seconds * sample_rate)), generator=generator),)
     totals = {"group_norm": 0.0, "s4_fft_convolution": 0.0, "s4_kernel_generation": 0.0, "attention": 0.0}
     training = model.training
-    with _extra_counters(model, totals), _quiet(), reference_implementation():
+    with _extra_counters(model, totals), _quiet():
         try:
             thop_macs, _ = thop.profile(model, inputs=inputs, custom_ops=_isinstance_rules(model), verbose=False)
         finally:
@@ -576,6 +592,211 @@ def gpu_rtf(
     return result
 
 
+# --------------------------------------------------------------------- training
+@dataclass
+class TrainingSetup:
+    """What one training step of a recipe's model needs.
+
+    Attributes
+    ----------
+    separator : Separator
+        The recipe's ``Encoder``, ``MaskNet`` and ``Decoder``.
+    optimizer : torch.optim.Optimizer
+        The recipe's ``optimizer`` over the separator's parameters.
+    loss : callable
+        The recipe's ``loss(targets, estimates)``, per example ``[batch]``.
+    sample_rate : int
+        The recipe's sample rate.
+    num_spks : int
+        Number of sources per mixture.
+    hparams_file : str
+        The hparams file it was built from.
+    """
+
+    separator: Separator
+    optimizer: torch.optim.Optimizer
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    sample_rate: int
+    num_spks: int
+    hparams_file: str
+
+
+def load_recipe_model(hparams_file: str, overrides: Optional[Dict[str, Any]] = None) -> TrainingSetup:
+    """Build a recipe's model, optimizer and loss from its hparams file, without data.
+
+    ``data_folder`` and ``output_folder`` are set to a temporary directory, removed
+    afterwards, so that loading writes nothing into the working directory (the
+    hparams' checkpointer creates its folder when built).
+
+    Arguments
+    ---------
+    hparams_file : str
+        A separation recipe's hparams YAML (``Encoder``, ``MaskNet``, ``Decoder``,
+        ``optimizer``, ``loss``, ``sample_rate``, ``num_spks``).
+    overrides : dict, optional
+        More hyperpyyaml overrides, e.g. ``{"num_blocks": 1}``.
+
+    Returns
+    -------
+    TrainingSetup
+        The separator (in training mode), its optimizer and the loss.
+    """
+    from hyperpyyaml import load_hyperpyyaml
+
+    with tempfile.TemporaryDirectory(prefix="s4m-bench-") as folder:
+        settings = {"data_folder": folder, "output_folder": folder, **(overrides or {})}
+        with open(hparams_file, encoding="utf-8") as handle:
+            try:
+                hparams = load_hyperpyyaml(handle, settings)
+            except KeyError as error:  # an override the file does not have
+                raise ValueError(f"{hparams_file}: {error.args[0]}") from error
+    separator = Separator(hparams["Encoder"], hparams["MaskNet"], hparams["Decoder"]).train()
+    return TrainingSetup(
+        separator=separator,
+        optimizer=hparams["optimizer"](separator.parameters()),
+        loss=hparams["loss"],
+        sample_rate=int(hparams["sample_rate"]),
+        num_spks=int(hparams["num_spks"]),
+        hparams_file=hparams_file,
+    )
+
+
+def training_batch(
+    batch: int, seconds: float, sample_rate: int, num_spks: int = 2, seed: int = 0
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Random sources ``[batch, time, num_spks]`` (fixed ``seed``) and their mixture
+    ``[batch, time]``.
+
+    Example
+    -------
+    >>> mix, sources = training_batch(2, 0.5, 100)
+    >>> mix.shape, sources.shape
+    (torch.Size([2, 50]), torch.Size([2, 50, 2]))
+    >>> torch.allclose(mix, sources.sum(-1))
+    True
+    """
+    generator = torch.Generator().manual_seed(seed)
+    sources = torch.randn(batch, int(round(seconds * sample_rate)), num_spks, generator=generator)
+    return sources.sum(-1), sources
+
+
+def training_step(setup: TrainingSetup, mix: torch.Tensor, sources: torch.Tensor) -> float:
+    """One optimisation step: separate ``mix``, the mean of the recipe's loss (uPIT
+    SI-SNR) against ``sources``, backward, ``optimizer.step()``, ``zero_grad``.
+
+    Returns
+    -------
+    float
+        The loss before the step.
+    """
+    estimates = setup.separator(mix)  # [batch, time, spks]
+    loss = setup.loss(sources, estimates).mean()
+    loss.backward()
+    setup.optimizer.step()
+    setup.optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def _timed_step(setup: TrainingSetup, mix: torch.Tensor, sources: torch.Tensor) -> Tuple[float, float]:
+    start = time.perf_counter()
+    loss = training_step(setup, mix, sources)
+    return time.perf_counter() - start, loss
+
+
+def cpu_training(
+    setups: Dict[str, TrainingSetup],
+    rounds: int = 5,
+    warmup: int = 1,
+    batch: int = 2,
+    seconds: float = 2.0,
+    seed: int = 0,
+    log: Callable[[str], None] = lambda message: None,
+) -> Dict[str, Dict[str, object]]:
+    """Time training steps (:func:`training_step`) of every model on the CPU: a
+    batch of ``batch`` random mixtures of ``seconds`` at each model's sample rate,
+    ``warmup`` untimed steps each, then ``rounds`` rounds in which every model takes
+    one step in turn.
+
+    Returns
+    -------
+    dict
+        ``{model: {"step_s": median seconds per step, "rounds_s": [...],
+        "losses": [...] (timed steps), "audio_s_per_s": batch x seconds / step_s,
+        "sepformer_over_model": Sepformer's step_s / the model's (None without
+        Sepformer), "params", "batch", "seconds", "sample_rate", "hparams_file"}}``.
+    """
+    data = {
+        name: training_batch(batch, seconds, setup.sample_rate, setup.num_spks, seed)
+        for name, setup in setups.items()
+    }
+    for name, setup in setups.items():
+        setup.separator.train()
+        for _ in range(warmup):
+            training_step(setup, *data[name])
+    times: Dict[str, List[float]] = {name: [] for name in setups}
+    losses: Dict[str, List[float]] = {name: [] for name in setups}
+    for r in range(rounds):
+        for name, setup in setups.items():
+            elapsed, loss = _timed_step(setup, *data[name])
+            times[name].append(elapsed)
+            losses[name].append(loss)
+        log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.3f} s" for n, v in times.items()))
+    steps = {name: {"step_s": statistics.median(values)} for name, values in times.items()}
+    relative = ratios(steps)
+    return {
+        name: {
+            "step_s": steps[name]["step_s"],
+            "rounds_s": times[name],
+            "losses": losses[name],
+            "audio_s_per_s": batch * seconds / steps[name]["step_s"],
+            "sepformer_over_model": 1 / relative[name]["step_s"] if relative[name]["step_s"] else None,
+            "params": count_parameters(setup.separator),
+            "batch": batch,
+            "seconds": seconds,
+            "sample_rate": setup.sample_rate,
+            "hparams_file": setup.hparams_file,
+        }
+        for name, setup in setups.items()
+    }
+
+
+def training_section(
+    names: Sequence[str],
+    rounds: int = 5,
+    batch: int = 2,
+    seconds: float = 2.0,
+    hparams_dir: str = RECIPE_HPARAMS_DIR,
+    overrides: Optional[Dict[str, Dict[str, Any]]] = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> Tuple[Dict[str, Dict[str, object]], List[str]]:
+    """The ``train`` section: build the models of ``names`` that have a recipe
+    (:data:`RECIPE_HPARAMS`, in ``hparams_dir``) once, with ``overrides[name]``, and
+    time them with :func:`cpu_training`.
+
+    Returns
+    -------
+    tuple
+        ``(results per model, notes)``; the notes name the models left out.
+    """
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - set(RECIPE_HPARAMS))
+    if unknown:
+        raise ValueError(f"training overrides for models without a recipe: {unknown}; recipes: {sorted(RECIPE_HPARAMS)}")
+    if not all(isinstance(value, dict) for value in overrides.values()):
+        raise ValueError(f"training overrides: expected {{model: {{key: value}}}}, got {overrides!r}")
+    notes = [
+        f"Training section: {name} left out (no LibriMix recipe; recipes: {', '.join(RECIPE_HPARAMS)})."
+        for name in names
+        if name not in RECIPE_HPARAMS
+    ]
+    files = {name: os.path.join(hparams_dir, RECIPE_HPARAMS[name]) for name in names if name in RECIPE_HPARAMS}
+    missing = [path for path in files.values() if not os.path.isfile(path)]
+    if missing:
+        raise ValueError(f"recipe hparams not found: {', '.join(missing)} (see --train-hparams-dir)")
+    setups = {name: load_recipe_model(path, overrides.get(name)) for name, path in files.items()}
+    return cpu_training(setups, rounds=rounds, batch=batch, seconds=seconds, log=log), notes
+
+
 # ---------------------------------------------------------------------- scaling
 def _memory_baseline() -> Tuple[int, str]:
     """Baseline for a peak-memory measurement and how it was taken."""
@@ -614,28 +835,6 @@ def scaling_worker(spec: Dict[str, object]) -> Dict[str, object]:
         return _scaling_measurement(spec)
     finally:
         set_torch_threads(threads)
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to
-    the operating system (``mallopt``: mmap threshold 1 GiB, trim threshold 2 GiB).
-
-    By default every allocation above 32 MiB (one activation of a 60 s input is
-    123 MB) is a fresh ``mmap`` whose pages are faulted in and zeroed on each use,
-    which makes long inputs look super-linear. Process-wide; False where glibc is
-    not available. The environment variables ``MALLOC_MMAP_THRESHOLD_`` and
-    ``MALLOC_TRIM_THRESHOLD_`` (or jemalloc / tcmalloc) do the same for any program.
-    """
-    import ctypes
-    import ctypes.util
-
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(
-            libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
-        )
-    return False
 
 
 def default_memory_limit_gib() -> Optional[float]:
@@ -916,6 +1115,40 @@ def macs_table(models: Dict[str, Dict[str, object]]) -> str:
     return markdown_table(header, body)
 
 
+def training_rows(models: Dict[str, Dict[str, object]]) -> Dict[str, Dict[str, Optional[float]]]:
+    """Training-step figures per model that has them: ``step_s`` and
+    ``audio_s_per_s``.
+
+    Example
+    -------
+    >>> training_rows({"a": {"train": {"step_s": 0.5, "audio_s_per_s": 8.0}}, "b": {}})
+    {'a': {'step_s': 0.5, 'audio_s_per_s': 8.0}}
+    """
+    return {
+        name: {"step_s": result["train"]["step_s"], "audio_s_per_s": result["train"]["audio_s_per_s"]}
+        for name, result in models.items()
+        if result.get("train")
+    }
+
+
+def training_table(models: Dict[str, Dict[str, object]]) -> str:
+    """The CPU training step per model, with Sepformer's step time / the model's."""
+    rows = training_rows(models)
+    rel = ratios(rows)
+    header = ["model", "hparams", "params (M)", "batch x s", "step (s)", "audio s / s", "Sep / model (step time)", "loss first -> last"]
+    body = []
+    for name, row in rows.items():
+        train = models[name]["train"]
+        losses = train["losses"]
+        body.append([
+            name, os.path.basename(str(train["hparams_file"])), _fmt(train["params"] / 1e6, 2),
+            f"{train['batch']} x {train['seconds']:g}", _fmt(row["step_s"], 3), _fmt(row["audio_s_per_s"], 2),
+            _fmt(1 / rel[name]["step_s"] if rel[name]["step_s"] else None, 2),
+            f"{_fmt(losses[0], 2)} -> {_fmt(losses[-1], 2)}" if losses else "-",
+        ])
+    return markdown_table(header, body)
+
+
 def scaling_table(scaling: Dict[str, List[Dict[str, object]]]) -> str:
     """Forward time and peak memory per model and input length."""
     header = ["model", "input (s)", "forward (s)", "RTF (s/s)", "time / linear from 4 s", "peak memory (MiB)", "page faults / run (k)", "method"]
@@ -946,7 +1179,7 @@ def check_targets(record: Dict[str, object]) -> List[Dict[str, str]]:
     Example
     -------
     >>> [t["status"] for t in check_targets({"models": {}, "scaling": {}})]
-    ['SKIP', 'SKIP', 'SKIP', 'SKIP', 'SKIP']
+    ['SKIP', 'SKIP', 'SKIP', 'SKIP', 'SKIP', 'SKIP']
     """
     models = record.get("models", {})
     rows = summary_rows(models)
@@ -964,6 +1197,16 @@ def check_targets(record: Dict[str, object]) -> List[Dict[str, str]]:
             add(label, "PASS" if speedup >= factor else "MISS", f"{speedup:.2f}x (Sepformer {sep:.3f} s, {name} {mine:.3f} s per 1 s track)")
         else:
             add(label, "SKIP", "needs the cpu section with both models")
+    steps = training_rows(models)
+    label = f"CPU training step: S4M-tiny >= {TRAIN_SPEEDUP_TARGET:g}x Sepformer"
+    if "S4M-tiny" in steps and REFERENCE in steps:
+        mine, sep = steps["S4M-tiny"]["step_s"], steps[REFERENCE]["step_s"]
+        train = models["S4M-tiny"]["train"]
+        add(label, "PASS" if sep / mine >= TRAIN_SPEEDUP_TARGET else "MISS",
+            f"{sep / mine:.2f}x (Sepformer {sep:.3f} s, S4M-tiny {mine:.3f} s per step of "
+            f"{train['batch']} x {train['seconds']:g} s at {train['sample_rate'] / 1000:g} kHz)")
+    else:
+        add(label, "SKIP", "needs the train section with both models")
     for name in ("S4M-tiny", "S4M"):
         macs = models.get(name, {}).get("macs")
         label = f"{name} MACs within 10% of the paper's {PAPER[name]['macs_g']} G/s"
@@ -1024,6 +1267,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: torch.get_num_threads() = %(default)s)")
     parser.add_argument("--repeats", type=int, default=5, help="rounds of the CPU/GPU RTF measurements, median reported (default: %(default)s)")
     parser.add_argument("--tracks", type=int, default=10, help="1 s tracks per RTF round (default: %(default)s)")
+    parser.add_argument("--train-rounds", type=int, default=5, help="rounds of the train section (one step per model each), median reported (default: %(default)s)")
+    parser.add_argument("--train-batch", type=int, default=2, help="mixtures per training step (default: %(default)s)")
+    parser.add_argument("--train-seconds", type=float, default=2.0, help="seconds per training mixture (default: %(default)s)")
+    parser.add_argument("--train-hparams-dir", default=RECIPE_HPARAMS_DIR, help="folder of the recipe hparams files of the train section (default: the LibriMix recipe's)")
+    parser.add_argument("--train-overrides", type=json.loads, default={}, help='hparams overrides per model for the train section, as JSON, e.g. \'{"S4M-tiny": {"num_blocks": 1}}\' (default: none)')
     parser.add_argument("--scaling-repeats", type=int, default=3, help="forwards per scaling length, median reported; stops after 60 s (default: %(default)s)")
     parser.add_argument("--max-memory-gib", type=float, default=default_memory_limit_gib(), help="cap on what one scaling measurement may allocate; beyond it the row reports 'out of memory' (default: 70%% of available memory = %(default)s)")
     parser.add_argument("--keep-freed-memory", action="store_true", help="glibc only: keep freed memory for reuse instead of returning it to the OS (mallopt), for every model and section; see keep_freed_memory()")
@@ -1056,6 +1304,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> Dict[st
             "scaling_repeats": args.scaling_repeats, "long_seconds": args.long_seconds,
             "max_memory_gib": args.max_memory_gib,
             "keep_freed_memory": kept,
+            "train_rounds": args.train_rounds, "train_batch": args.train_batch,
+            "train_seconds": args.train_seconds, "train_overrides": args.train_overrides,
         },
         "counting_rule": COUNTING_RULE,
         "paper": PAPER,
@@ -1065,7 +1315,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> Dict[st
     }
     log(f"s4m-bench: {', '.join(names)}; sections {', '.join(sections)}; {args.threads} CPU threads")
     torch.manual_seed(0)
-    models = {name: build_model(name).eval() for name in names}
+    forward_sections = {"params", "macs", "cpu", "gpu"}
+    models = {name: build_model(name).eval() for name in names} if forward_sections & set(sections) else {}
     results = record["models"]
     if "params" in sections:
         for name, model in models.items():
@@ -1089,6 +1340,21 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> Dict[st
             log("GPU section skipped: CUDA is not available on this machine.")
     del models
     gc.collect()
+    if "train" in sections:
+        log(f"CPU training step: batch {args.train_batch} x {args.train_seconds:g} s, 1 warm-up step, "
+            f"median of {args.train_rounds} rounds, {args.threads} threads ...")
+        try:
+            trained, notes = training_section(
+                names, rounds=args.train_rounds, batch=args.train_batch, seconds=args.train_seconds,
+                hparams_dir=args.train_hparams_dir, overrides=args.train_overrides, log=log,
+            )
+        except ValueError as error:
+            raise SystemExit(f"s4m-bench: {error}")
+        for name, value in trained.items():
+            results[name]["train"] = value
+            log(f"  {name}: {value['step_s']:.3f} s per step, {value['audio_s_per_s']:.2f} audio s / s")
+        record["notes"].extend(notes)
+        gc.collect()
     if "scaling" in sections:
         lengths = [float(v) for v in _split(args.lengths)]
         scaling_names = _split(args.scaling_models) if args.scaling_models else names
@@ -1132,18 +1398,26 @@ def report(record: Dict[str, object]) -> str:
         "Allocator: " + ("freed memory kept for reuse (--keep-freed-memory, glibc mallopt), for every model"
                          if record["settings"].get("keep_freed_memory") else "glibc malloc defaults (freed blocks over 32 MiB go back to the OS)"),
         "",
-        "## Efficiency (paper Table 4 layout; 1 s of 16 kHz audio, batch 1)",
-        "",
-        main_table(record["models"]),
-        "",
-        "'X / Sep' columns: the figure divided by Sepformer's in this run (lower is better).",
-        "CPU-RTF-f: seconds per 1 s track (10 tracks one at a time, median of rounds).",
-        "",
-        paper_table(list(record["models"])),
-        "",
     ]
+    if any(value is not None for row in summary_rows(record["models"]).values() for value in row.values()):
+        parts += [
+            "## Efficiency (paper Table 4 layout; 1 s of 16 kHz audio, batch 1)",
+            "",
+            main_table(record["models"]),
+            "",
+            "'X / Sep' columns: the figure divided by Sepformer's in this run (lower is better).",
+            "CPU-RTF-f: seconds per 1 s track (10 tracks one at a time, median of rounds).",
+            "",
+            paper_table(list(record["models"])),
+            "",
+        ]
     if any(result.get("macs") for result in record["models"].values()):
         parts += ["## MACs by part (counting rule below)", "", macs_table(record["models"]), ""]
+    if training_rows(record["models"]):
+        parts += ["## CPU training step (LibriMix recipes' hparams)", "", training_table(record["models"]), "",
+                  "One step: forward, uPIT SI-SNR loss, backward, one Adam step of the recipe's optimizer, "
+                  "zero_grad; random mixtures of 2 random sources (fixed seed). Median over rounds in which "
+                  "the models take one step each in turn, after one warm-up step each, in one process.", ""]
     if record.get("scaling"):
         parts += ["## Scaling with input length (CPU, fresh process per row)", "", scaling_table(record["scaling"]), "",
                   "Peak memory: peak resident set size (VmHWM, the process's ru_maxrss without what Linux carries over from the parent "

@@ -73,3 +73,26 @@ def peak_memory_gb(device: "str | torch.device") -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 1e9
     return peak_rss_bytes() / 1e9
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to
+    the operating system (``mallopt``: mmap threshold 1 GiB, trim threshold 2 GiB).
+
+    By default every allocation above 32 MiB (one activation of a 60 s input is
+    123 MB) is a fresh ``mmap`` whose pages are faulted in and zeroed on each use,
+    which makes long inputs look super-linear. Process-wide; False where glibc is
+    not available. The environment variables ``MALLOC_MMAP_THRESHOLD_`` and
+    ``MALLOC_TRIM_THRESHOLD_`` (or jemalloc / tcmalloc) do the same for any program.
+    ``s4m-separate`` calls it at start.
+    """
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(
+            libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)
+        )
+    return False

@@ -24,6 +24,7 @@ import soundfile as sf
 import torch
 
 from speechbrain_s4m.data.audio import audio_info, read_audio, resample
+from speechbrain_s4m.resources import keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -302,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``s4m-separate``; returns the exit status."""
     args = build_parser().parse_args(argv)
+    # Long chunks make activations over 32 MiB, which glibc would return to the OS
+    # and fault back in on every use (super-linear time); keep them for reuse.
+    keep_freed_memory()
     files = _audio_files(args.inputs)
     if not files:
         print("s4m-separate: no audio files found in the inputs", file=sys.stderr)

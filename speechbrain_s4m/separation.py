@@ -17,13 +17,18 @@ import logging
 import os
 import time
 import zipfile
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 import speechbrain as sb
 from speechbrain.nnet.schedulers import ReduceLROnPlateau, update_learning_rate
-from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+    torch_patched_state_dict_load,
+)
 from speechbrain.utils.epoch_loop import EpochCounterWithStopper
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
@@ -44,6 +49,148 @@ def reset_layer_recursively(layer: torch.nn.Module) -> None:
     for child in layer.modules():
         if child is not layer:
             reset_layer_recursively(child)
+
+
+def optimizer_parameter_groups(
+    modules: torch.nn.Module, vectors_without_weight_decay: bool = False
+) -> List[Dict[str, Any]]:
+    """Split the trainable parameters of ``modules`` into optimizer parameter groups
+    by their ``_optim`` tag (state-spaces/s4's convention: ``param._optim = {...}``
+    holds optimizer hyperparameters for that parameter, e.g. the S4 layer's
+    ``{"weight_decay": 0.0}``).
+
+    Arguments
+    ---------
+    modules : torch.nn.Module
+        The modules whose parameters are optimised (a parameter shared by several of
+        them counts once). Parameters with ``requires_grad`` False are left out.
+    vectors_without_weight_decay : bool
+        SpeechBrain's ``remove_vector_weight_decay`` run option: untagged 1-D
+        parameters (biases, norms) are treated as tagged ``{"weight_decay": 0.0}``.
+
+    Returns
+    -------
+    list of dict
+        First the untagged parameters, ``{"params": [...]}`` (they take the
+        optimizer's own hyperparameters), then one ``{"params": [...], **tag}`` per
+        distinct tag, in order of first appearance; empty groups are left out. The
+        order is the same for the same modules, as loading an optimizer state needs.
+
+    Raises
+    ------
+    ValueError
+        If a parameter's ``_optim`` is not a dict of hyperparameters.
+
+    Example
+    -------
+    >>> layer = torch.nn.Linear(4, 2)
+    >>> layer.bias._optim = {"weight_decay": 0.0}
+    >>> groups = optimizer_parameter_groups(layer)
+    >>> [(len(g["params"]), g.get("weight_decay")) for g in groups]
+    [(1, None), (1, 0.0)]
+    >>> optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
+    >>> [g["weight_decay"] for g in optimizer.param_groups]
+    [0.01, 0.0]
+    """
+    tags: List[Mapping[str, Any]] = [{}]
+    groups: List[Dict[str, Any]] = [{"params": []}]
+    for name, parameter in modules.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        tag = getattr(parameter, "_optim", None)
+        if tag is None:
+            vector = vectors_without_weight_decay and parameter.ndim == 1
+            tag = {"weight_decay": 0.0} if vector else {}
+        if not isinstance(tag, Mapping) or "params" in tag:
+            raise ValueError(
+                f"{name}._optim: expected a dict of optimizer hyperparameters such as "
+                f"{{'weight_decay': 0.0}}, got {tag!r}"
+            )
+        if tag not in tags:
+            tags.append(tag)
+            groups.append({"params": [], **tag})
+        groups[tags.index(tag)]["params"].append(parameter)
+    return [group for group in groups if group["params"]]
+
+
+def split_single_group_state(
+    state: Dict[str, Any], modules: torch.nn.Module, vectors_without_weight_decay: bool = False
+) -> Dict[str, Any]:
+    """Turn an optimizer state dict saved with every parameter of ``modules`` in one
+    group (as SpeechBrain's default ``init_optimizers`` made it, in checkpoints
+    written before the ``_optim`` groups) into the same state for the groups of
+    ``optimizer_parameter_groups(modules, vectors_without_weight_decay)``.
+
+    Arguments
+    ---------
+    state : dict
+        The saved ``Optimizer.state_dict()``: one group of the parameters of
+        ``modules``, in the order of ``modules.parameters()``.
+    modules : torch.nn.Module
+        The modules whose parameters the optimizer holds.
+    vectors_without_weight_decay : bool
+        As for ``optimizer_parameter_groups``.
+
+    Returns
+    -------
+    dict
+        A state dict for an optimizer built from those groups: each parameter's
+        state (e.g. Adam's moments and step count) kept, and every group with the
+        saved group's hyperparameters (its learning rate as the scheduler left it),
+        overridden by the group's ``_optim`` tag.
+
+    Raises
+    ------
+    ValueError
+        If ``state`` does not have exactly one group, of as many parameters as
+        ``modules`` has, or if a parameter's saved state has another shape than the
+        parameter (the parameters were registered in another order then).
+
+    Example
+    -------
+    >>> layer = torch.nn.Linear(4, 2)
+    >>> old = torch.optim.Adam(layer.parameters(), lr=0.5)  # one group
+    >>> layer(torch.ones(1, 4)).sum().backward()
+    >>> old.step()
+    >>> layer.weight._optim = {"weight_decay": 0.0}
+    >>> new = torch.optim.Adam(optimizer_parameter_groups(layer), lr=1.0)  # [bias], [weight]
+    >>> new.load_state_dict(split_single_group_state(old.state_dict(), layer))
+    >>> [(g["lr"], g["weight_decay"]) for g in new.param_groups]
+    [(0.5, 0), (0.5, 0.0)]
+    >>> torch.equal(new.state[layer.weight]["exp_avg"], old.state[layer.weight]["exp_avg"])
+    True
+    """
+    names = {id(p): name for name, p in modules.named_parameters()}
+    saved_order = list(modules.parameters())
+    saved_groups = state["param_groups"]
+    if len(saved_groups) != 1 or len(saved_groups[0]["params"]) != len(saved_order):
+        raise ValueError(
+            f"expected an optimizer state with one parameter group of "
+            f"{len(saved_order)} parameters, got groups of "
+            f"{[len(g['params']) for g in saved_groups]}"
+        )
+    saved_hyperparameters = {k: v for k, v in saved_groups[0].items() if k != "params"}
+    saved_index = {id(p): i for p, i in zip(saved_order, saved_groups[0]["params"])}
+    new_state: Dict[int, Any] = {}
+    new_groups: List[Dict[str, Any]] = []
+    index = 0  # torch numbers the parameters across all groups, in order
+    for group in optimizer_parameter_groups(modules, vectors_without_weight_decay):
+        indices = list(range(index, index + len(group["params"])))
+        for new, parameter in zip(indices, group["params"]):
+            saved = state["state"].get(saved_index[id(parameter)])
+            if saved is None:  # no state yet for a parameter never stepped
+                continue
+            for key, value in saved.items():
+                if torch.is_tensor(value) and value.ndim > 0 and value.shape != parameter.shape:
+                    raise ValueError(
+                        f"{names[id(parameter)]}: expected a saved optimizer state of shape "
+                        f"{tuple(parameter.shape)}, got {key} of shape {tuple(value.shape)}"
+                    )
+            new_state[new] = saved
+        index += len(indices)
+        own = {k: v for k, v in group.items() if k != "params"}
+        new_groups.append({**saved_hyperparameters, **own, "params": indices})
+    return {"state": new_state, "param_groups": new_groups}
 
 
 @register_checkpoint_hooks
@@ -173,6 +320,67 @@ class SeparationBrain(sb.Brain):
         return batch.mix_sig, targets, getattr(batch, "noise_sig", None)
 
     # ----------------------------------------------------------------- training
+    def init_optimizers(self) -> None:
+        """SpeechBrain's ``init_optimizers`` with the parameters in groups by their
+        ``_optim`` tag (``optimizer_parameter_groups``), so that the S4 state-space
+        parameters get the tag's weight decay 0 with any optimizer of the YAML, and
+        the others the YAML's. The optimizer is registered with the checkpointer as
+        ``"optimizer"``, loaded by ``_load_optimizer_state``."""
+        if self.opt_class is None:
+            super().init_optimizers()  # logs that there is no optimizer
+            return
+        groups = optimizer_parameter_groups(self.modules, self.remove_vector_weight_decay)
+        self.optimizer = self.opt_class(groups)
+        self.optimizers_dict = {"opt_class": self.optimizer}
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable(
+                "optimizer", self.optimizer, custom_load_hook=self._load_optimizer_state
+            )
+
+    def _load_optimizer_state(
+        self, optimizer: torch.optim.Optimizer, path: Union[str, os.PathLike], end_of_epoch: bool
+    ) -> None:
+        """Checkpoint load hook of the optimizer. A state saved with every parameter
+        in one group (checkpoints written before the ``_optim`` groups) is split into
+        this run's groups first (``split_single_group_state``), keeping Adam's
+        moments and the scheduled learning rate; if the parameters' shapes show that
+        it cannot be mapped, only the learning rate is kept (with a warning).
+
+        Raises
+        ------
+        ValueError
+            If the saved groups do not match this run's otherwise."""
+        del end_of_epoch  # unused
+        state = torch_patched_state_dict_load(path, "cpu")
+        if len(state["param_groups"]) == 1 < len(optimizer.param_groups):
+            logger.info(
+                f"{path}: optimizer state saved with one parameter group; splitting it "
+                f"into this run's {len(optimizer.param_groups)} groups (by _optim tag)"
+            )
+            try:
+                state = split_single_group_state(
+                    state, self.modules, self.remove_vector_weight_decay
+                )
+            except ValueError as error:
+                lr = state["param_groups"][0]["lr"]
+                logger.warning(
+                    f"{path}: cannot map the saved optimizer state onto this run's "
+                    f"parameters ({error}); resuming with a fresh optimizer state, "
+                    f"keeping only the saved learning rate {lr:.3g}"
+                )
+                update_learning_rate(optimizer, lr)
+                return
+        try:
+            optimizer.load_state_dict(state)
+        except ValueError as error:
+            raise ValueError(
+                f"{path}: expected an optimizer state with parameter groups of "
+                f"{[len(g['params']) for g in optimizer.param_groups]} parameters (one "
+                f"group per _optim tag), got "
+                f"{[len(g['params']) for g in state['param_groups']]}; remove this file "
+                f"to resume with a fresh optimizer state"
+            ) from error
+
     def fit_batch(self, batch):
         """One optimisation step, skipping batches whose loss is not finite or is
         above ``loss_upper_lim`` (counted and logged)."""

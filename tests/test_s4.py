@@ -1,12 +1,24 @@
-"""Tests for the S4 layer (speechbrain_s4m.lobes.s4) and its HiPPO initialisation."""
+"""Tests for the S4 layer (speechbrain_s4m.lobes.s4), its kernels
+(speechbrain_s4m.lobes.s4_kernel) and their HiPPO initialisation."""
+
+from pathlib import Path
 
 import pytest
 import torch
 
 from speechbrain_s4m.lobes import S4
 from speechbrain_s4m.lobes.hippo import dplr_legs, hippo_legs
+from speechbrain_s4m.lobes.s4_kernel import fft_length
 
 MODES = ["dplr", "diag"]
+PINNED = Path(__file__).parent / "data" / "lobe_outputs_617590d.pt"
+
+
+def pinned_lobes():
+    """Outputs of the lobes at commit 617590d (before the kernel module was split
+    off and the CPU fast paths were removed), with their state dicts in that
+    commit's naming, for fixed random weights and inputs."""
+    return torch.load(PINNED, weights_only=False)
 
 
 def direct_kernel(layer: S4, length: int) -> torch.Tensor:
@@ -17,16 +29,17 @@ def direct_kernel(layer: S4, length: int) -> torch.Tensor:
     of the augmented matrix [[A, B], [0, 0]].
     """
     with torch.no_grad():
-        dt = torch.exp(layer.log_dt.double())
-        lam = torch.complex(-torch.exp(layer.log_neg_real.double()), layer.imag.double())
-        B = torch.view_as_complex(layer.input_matrix.double())
-        C = torch.view_as_complex(layer.output_matrix.double())
+        kernel = layer.kernel
+        dt = torch.exp(kernel.log_dt.double())
+        lam = torch.complex(-torch.exp(kernel.log_neg_real.double()), kernel.imag.double())
+        B = torch.view_as_complex(layer.kernel.input_matrix.double())
+        C = torch.view_as_complex(layer.kernel.output_matrix.double())
         full = lambda z: torch.cat([z, z.conj()], dim=-1)  # noqa: E731
         lam, B, C = full(lam), full(B), full(C)
         H, N = lam.shape
         A = torch.diag_embed(lam)
         if layer.mode == "dplr":
-            P = full(torch.view_as_complex(layer.low_rank.double()))
+            P = full(torch.view_as_complex(kernel.low_rank.double()))
             A = A - P[:, :, None] * P.conj()[:, None, :]
             eye = torch.eye(N, dtype=A.dtype)
             inverse = torch.linalg.inv(eye - dt[:, None, None] / 2 * A)
@@ -96,9 +109,10 @@ def test_step_reproduces_forward(mode):
     with torch.no_grad():
         expected = layer(x)
         state = layer.default_state(batch_size=2)
+        system = layer.discrete_system()  # discretised once for every step
         outputs = []
         for t in range(x.shape[-1]):
-            y_t, state = layer.step(x[:, :, t], state)
+            y_t, state = layer.step(x[:, :, t], state, system)
             outputs.append(y_t)
     stepped = torch.stack(outputs, dim=-1)
     error = (stepped - expected).norm() / expected.norm()
@@ -157,8 +171,8 @@ def test_reset_parameters_reinitialises_every_parameter(mode):
         assert not torch.any(p == 123.0), name
     # Deterministic HiPPO parts come back exactly; random parts are redrawn in range.
     for name in ["log_neg_real", "imag", "input_matrix"] + (["low_rank"] if mode == "dplr" else []):
-        assert torch.allclose(getattr(layer, name), initial[name]), name
-    dt = torch.exp(layer.log_dt)
+        assert torch.allclose(getattr(layer.kernel, name), initial["kernel." + name]), name
+    dt = torch.exp(layer.kernel.log_dt)
     assert torch.all((dt >= 1e-3 * (1 - 1e-5)) & (dt <= 1e-1 * (1 + 1e-5)))
 
 
@@ -196,3 +210,62 @@ def test_bad_constructor_arguments():
         S4(4, mode="nplr")
     with pytest.raises(ValueError, match="d_state"):
         S4(4, d_state=15)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("length, fft_size", [(1, 2), (7, 7), (50, 128), (997, 2000)])
+def test_closed_form_spectrum_is_the_rfft_of_the_truncated_kernel(mode, length, fft_size):
+    torch.manual_seed(7)
+    layer = S4(d_model=3, d_state=16, mode=mode)
+    with torch.no_grad():
+        spectrum = layer.kernel.spectrum(length, fft_size).to(torch.complex128)
+        taps = torch.fft.rfft(direct_kernel(layer, length), n=fft_size)
+    error = (spectrum - taps).abs().max() / taps.abs().max()
+    assert error < 1e-4, f"relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("name", ["S4-dplr-bi", "S4-dplr-uni", "S4-diag-bi", "S4-diag-uni"])
+def test_outputs_and_state_dicts_of_commit_617590d_still_hold(name):
+    """State dicts with the SSM parameters on the layer load into the split layer,
+    which computes the same outputs to float32 rounding."""
+    entry = pinned_lobes()[name]
+    assert "log_dt" in entry["state_dict"]  # the old naming
+    layer = S4(**entry["options"])
+    layer.load_state_dict(entry["state_dict"])
+    assert torch.equal(layer.kernel.log_dt, entry["state_dict"]["log_dt"])
+    # Same order of parameters (optimizer states are matched by position).
+    old_order = [name if name.startswith("output_linear") else "kernel." + name for name in entry["state_dict"]]
+    assert [name for name, _ in layer.named_parameters()] == old_order
+    for x, expected in entry["outputs"].values():
+        with torch.no_grad():
+            error = (layer(x) - expected).abs().max() / expected.abs().max()
+        assert error < 1e-5, f"relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ssm_parameters_are_tagged_for_no_weight_decay(mode):
+    layer = S4(d_model=4, mode=mode)
+    tagged = {name for name, p in layer.named_parameters() if getattr(p, "_optim", None)}
+    expected = {"kernel.log_dt", "kernel.log_neg_real", "kernel.imag", "kernel.input_matrix"}
+    assert tagged == expected | ({"kernel.low_rank"} if mode == "dplr" else set())
+    assert all(layer.get_parameter(name)._optim == {"weight_decay": 0.0} for name in tagged)
+
+
+def test_training_and_inference_compute_the_same_function():
+    torch.manual_seed(8)
+    layer = S4(d_model=4)
+    x = torch.randn(2, 4, 300)
+    trained = layer.train()(x)
+    with torch.no_grad():
+        inferred = layer.eval()(x)
+    assert torch.allclose(trained, inferred, atol=1e-6)
+
+
+def test_fft_length_only_has_small_prime_factors():
+    for n in [1, 2, 97, 1000, 1997, 4097]:
+        m = fft_length(n)
+        assert m >= n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        assert m == 1

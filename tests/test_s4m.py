@@ -9,6 +9,7 @@ from speechbrain_s4m.lobes import S4, S4MMaskNet, WaveformEncoder
 from speechbrain_s4m.lobes.s4m import S4MBlock
 
 from test_encoder import reset_layer_recursively
+from test_s4 import pinned_lobes
 
 
 def separator(sample_rate: int = 16000, decoder_s4: bool = True, **masknet_options):
@@ -61,8 +62,10 @@ def test_kernels_are_computed_once_per_forward(monkeypatch):
     monkeypatch.setattr(S4, "kernel_spectrum", counting)
     masknet = S4MMaskNet(in_channels=9, hidden_channels=16, num_blocks=16, decoder_s4=True)
     masknet(torch.randn(1, 9, 100))
-    # One S4 on F_m and three in the decoder, each once despite 16 unfolded passes.
-    assert sorted(calls) == sorted(masknet.block.scale_lengths(100))
+    # One S4 on F_m and three in the decoder, each once despite 16 unfolded passes,
+    # at the lengths of the frames padded to a multiple of 8.
+    assert masknet.padded_length(100) == 104
+    assert sorted(calls) == sorted(masknet.block.scale_lengths(104)) == [13, 26, 52, 104]
 
 
 def test_unfolding_shares_weights():
@@ -105,10 +108,10 @@ def test_speechbrain_reset_keeps_a_working_model():
     torch.manual_seed(3)
     modules = separator(8000, decoder_s4=False, hidden_channels=32, num_blocks=2)
     s4 = modules[1].block.global_s4.s4
-    imag_before = s4.imag.detach().clone()
+    imag_before = s4.kernel.imag.detach().clone()
     for module in modules:
         reset_layer_recursively(module)
-    assert torch.equal(s4.imag, imag_before)  # HiPPO init kept
+    assert torch.equal(s4.kernel.imag, imag_before)  # HiPPO init kept
     estimates = separate(*modules, torch.randn(1, 4000))
     assert torch.isfinite(estimates).all()
 
@@ -125,3 +128,47 @@ def test_bad_input_is_a_clear_error(shape, match):
     masknet = S4MMaskNet(in_channels=17, hidden_channels=16, num_blocks=1)
     with pytest.raises(ValueError, match="S4MMaskNet: expected encoder output of shape " + match):
         masknet(torch.randn(*shape))
+
+
+@pytest.mark.parametrize("name", ["S4M-tiny", "S4M"])
+def test_masks_of_commit_617590d_hold_for_multiples_of_8_frames(name):
+    """Lengths that are multiples of 8 frames give the masks of commit 617590d (old
+    state dict naming included) to float32 rounding. Other lengths now run on frames
+    zero-padded to the next multiple of 8 (exact pooling and upsampling), so their
+    masks differ from that commit's, which pooled and upsampled uneven lengths."""
+    entry = pinned_lobes()[name]
+    masknet = S4MMaskNet(**entry["options"])
+    masknet.load_state_dict(entry["state_dict"])
+    for length, (x, expected) in entry["outputs"].items():
+        with torch.no_grad():
+            masks = masknet(x)
+        assert masks.shape == expected.shape
+        if length % 8 == 0:
+            error = (masks - expected).abs().max() / expected.abs().max()
+            assert error < 1e-5, f"length {length}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("decoder_s4", [False, True], ids=["tiny", "full"])
+def test_train_mode_and_no_grad_compute_the_same_masks(decoder_s4):
+    torch.manual_seed(4)
+    masknet = S4MMaskNet(in_channels=9, hidden_channels=16, num_blocks=3, decoder_s4=decoder_s4)
+    x = torch.randn(2, 9, 77)
+    trained = masknet.train()(x)
+    trained.sum().backward()  # in-place updates stay autograd-safe
+    with torch.no_grad():
+        inferred = masknet.eval()(x)
+    assert torch.allclose(trained, inferred, atol=1e-6)
+
+
+def test_padding_frames_do_not_leak_into_the_masks_length():
+    torch.manual_seed(5)
+    masknet = S4MMaskNet(in_channels=9, hidden_channels=16, num_blocks=2)
+    with torch.no_grad():
+        masks = masknet(torch.randn(1, 9, 13))
+    assert masks.shape == (2, 1, 9, 13)
+
+
+def test_block_rejects_lengths_that_are_not_multiples_of_its_scales():
+    block = S4MBlock(bottleneck_channels=8, hidden_channels=16, num_scales=4)
+    with pytest.raises(ValueError, match="positive multiple of 8 frames, got 50"):
+        block(torch.randn(1, 8, 50))

@@ -1,8 +1,13 @@
 """Unit tests of the shared separation Brain's pieces (speechbrain_s4m.separation)."""
 
+from pathlib import Path
+
+import pytest
 from speechbrain.utils.checkpoints import Checkpointer
 
 from speechbrain_s4m.separation import EarlyStoppingCounter
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_early_stopping_state_survives_a_checkpoint(tmp_path):
@@ -44,3 +49,170 @@ def test_checkpoint_files_cut_short_while_saving_are_detected(tmp_path):
     assert not _checkpoint_file_is_whole(truncated)
     assert not _checkpoint_file_is_whole(empty)
     assert not _checkpoint_file_is_whole(tmp_path / "missing.ckpt")
+
+
+# ---------------------------------------------------------------- optimizer groups
+S4_TAGGED_NAMES = ("log_dt", "log_neg_real", "imag", "input_matrix", "low_rank")
+
+
+def _toy_module():
+    import torch
+
+    toy = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    toy[0].weight._optim = {"weight_decay": 0.0}
+    toy[1].bias._optim = {"weight_decay": 0.0}
+    toy[1].weight._optim = {"lr": 1e-4}
+    toy[0].bias.requires_grad_(False)
+    return toy
+
+
+def test_parameters_are_grouped_by_their_optim_tag():
+    from speechbrain_s4m.separation import optimizer_parameter_groups
+
+    toy = _toy_module()
+    groups = optimizer_parameter_groups(toy)
+    # Untagged first (only toy[0].bias, frozen: so none), then tags in order of appearance.
+    assert [{k: v for k, v in g.items() if k != "params"} for g in groups] == [
+        {"weight_decay": 0.0},
+        {"lr": 1e-4},
+    ]
+    assert [[id(p) for p in g["params"]] for g in groups] == [
+        [id(toy[0].weight), id(toy[1].bias)],
+        [id(toy[1].weight)],
+    ]
+    toy[0].bias.requires_grad_(True)
+    del toy[1].weight._optim
+    groups = optimizer_parameter_groups(toy)
+    assert [[id(p) for p in g["params"]] for g in groups] == [
+        [id(toy[0].bias), id(toy[1].weight)],
+        [id(toy[0].weight), id(toy[1].bias)],
+    ]
+    # SpeechBrain's remove_vector_weight_decay: untagged vectors join weight decay 0.
+    groups = optimizer_parameter_groups(toy, vectors_without_weight_decay=True)
+    assert [len(g["params"]) for g in groups] == [1, 3] and groups[1]["weight_decay"] == 0.0
+    toy[1].weight._optim = 0.0
+    with pytest.raises(ValueError, match="expected a dict of optimizer hyperparameters"):
+        optimizer_parameter_groups(toy)
+
+
+def _recipe_brain(tmp_path, *overrides):
+    """The SeparationBrain of the LibriMix S4M-tiny recipe (small), built as
+    speechbrain_s4m/recipe.py builds it, with its optimizer initialised."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    from speechbrain_s4m.separation import SeparationBrain
+
+    yaml_path = REPO / "recipes" / "LibriMix" / "separation" / "hparams" / "s4m_tiny.yaml"
+    options = [f"data_folder: {tmp_path / 'data'}", f"output_folder: {tmp_path / 'out'}",
+               "num_blocks: 1", "hidden_channels: 16", *overrides]
+    with open(yaml_path, encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(f, "\n".join(options))
+    brain = SeparationBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["optimizer"],
+        hparams=hparams,
+        run_opts={"device": "cpu"},
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.init_optimizers()
+    return brain
+
+
+def test_recipe_optimizer_gives_ssm_parameters_no_weight_decay(tmp_path):
+    brain = _recipe_brain(tmp_path, "weight_decay: 0.01")
+    groups = brain.optimizer.param_groups
+    assert brain.checkpointer.recoverables["optimizer"] is brain.optimizer
+    decay_of = {}
+    for group in groups:
+        for parameter in group["params"]:
+            assert id(parameter) not in decay_of, "a parameter in two groups"
+            decay_of[id(parameter)] = group["weight_decay"]
+    tagged, untagged = [], []
+    for name, parameter in brain.modules.named_parameters():
+        assert parameter.requires_grad
+        (tagged if getattr(parameter, "_optim", None) is not None else untagged).append(name)
+        assert decay_of.pop(id(parameter)) == (0.0 if name in tagged else 0.01), name
+    assert not decay_of  # nothing else in the optimizer
+    assert tagged and untagged
+    assert all(name.split(".")[-1] in S4_TAGGED_NAMES for name in tagged), tagged
+
+
+def test_optimizer_state_saved_in_one_group_is_split_on_resume(tmp_path):
+    # A checkpoint written before the _optim groups holds one group (SpeechBrain's
+    # own init_optimizers): resuming keeps Adam's moments and the scheduled lr.
+    import speechbrain as sb
+    import torch
+
+    from speechbrain_s4m.separation import SeparationBrain
+
+    def toy_brain():
+        model = _toy_module()
+        model[0].bias.requires_grad_(True)
+        def opt_class(params):
+            return torch.optim.Adam(params, lr=1e-3, weight_decay=0.01)
+
+        checkpointer = Checkpointer(tmp_path, {"model": model})
+        brain = SeparationBrain(
+            modules={"model": model}, opt_class=opt_class, run_opts={"device": "cpu"},
+            checkpointer=checkpointer,
+        )
+        return brain, model
+
+    old_brain, old_model = toy_brain()
+    sb.Brain.init_optimizers(old_brain)  # the single group of earlier versions
+    old = old_brain.optimizer
+    old_model(torch.randn(5, 3)).square().sum().backward()
+    old.step()
+    old.param_groups[0]["lr"] = 5e-4  # halved by the scheduler
+    old_brain.checkpointer.save_checkpoint()
+
+    brain, model = toy_brain()
+    brain.init_optimizers()
+    assert len(brain.optimizer.param_groups) == 3
+    brain.checkpointer.recover_if_possible()
+    groups = brain.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [5e-4, 5e-4, 1e-4]  # the tag's lr wins
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0, 0.01]  # saved, or the tag's
+    old_parameters = dict(old_model.named_parameters())
+    for name, parameter in model.named_parameters():
+        assert torch.equal(parameter, old_parameters[name])
+        saved = old.state[old_parameters[name]]
+        assert torch.equal(brain.optimizer.state[parameter]["exp_avg"], saved["exp_avg"]), name
+        assert torch.equal(brain.optimizer.state[parameter]["exp_avg_sq"], saved["exp_avg_sq"])
+        assert brain.optimizer.state[parameter]["step"] == 1
+
+
+def test_optimizer_state_saved_in_another_parameter_order_is_left_out(tmp_path, caplog):
+    # Same parameter names, registered in another order since: the positional
+    # optimizer state cannot be mapped, so only its learning rate is kept.
+    import speechbrain as sb
+    import torch
+
+    from speechbrain_s4m.separation import SeparationBrain
+
+    def toy_brain(names):
+        model = torch.nn.Module()
+        for name in names:
+            setattr(model, name, torch.nn.Parameter(torch.randn({"a": (3,), "b": (2, 2)}[name])))
+        model.a._optim = {"weight_decay": 0.0}
+        checkpointer = Checkpointer(tmp_path, {"model": model})
+        brain = SeparationBrain(
+            modules={"model": model}, run_opts={"device": "cpu"}, checkpointer=checkpointer,
+            opt_class=lambda params: torch.optim.Adam(params, lr=1e-3),
+        )
+        return brain, model
+
+    old_brain, old_model = toy_brain("ab")
+    sb.Brain.init_optimizers(old_brain)
+    (old_model.a.sum() + old_model.b.sum()).backward()
+    old_brain.optimizer.step()
+    old_brain.optimizer.param_groups[0]["lr"] = 5e-4
+    old_brain.checkpointer.save_checkpoint()
+
+    brain, model = toy_brain("ba")
+    brain.init_optimizers()
+    brain.checkpointer.recover_if_possible()
+    assert torch.equal(model.b, old_model.b)
+    assert [g["lr"] for g in brain.optimizer.param_groups] == [5e-4, 5e-4]
+    assert not brain.optimizer.state
+    assert "resuming with a fresh optimizer state" in caplog.text

@@ -15,14 +15,14 @@ Inside the block (paper Fig. 1), with paper symbols:
   decoder merges the scales from coarse to fine;
 * S4M only: a residual S4 layer after each decoder local attention (Fig. 1-C).
 
-In CPU inference (no autograd, no autocast) some layers take equivalent faster
-routes: stride-1 depthwise convolutions as sums of shifted inputs
-(:class:`DepthwiseConv1d`), 1x1 convolutions as one matrix product
-(:class:`~speechbrain_s4m.lobes.s4.PointwiseConv1d`), the gate and global embeddings
-that share an input computed together (:func:`gated_embeddings`), and temporaries
-updated in place. The parameters and the function computed are unchanged (outputs
-agree to float32 rounding); training, autocast and GPUs use the reference operators,
-as does :func:`~speechbrain_s4m.lobes.s4.reference_implementation`.
+The mask network pads the frames once to a multiple of ``2^(S-1)`` (8 for ``S = 4``),
+so that every scale is exactly half the previous one: average pooling is then a
+reshape and a mean, and nearest-neighbour upsampling an exact repetition. The masks
+are trimmed back to the input length. One computation serves training, inference,
+autocast, CPU and GPU.
+
+Legend: ``B`` batch, ``E`` encoder channels, ``C`` hidden channels, ``L`` frames,
+``S`` scales, ``G`` stacked embeddings.
 
 Authors
  * speechbrain-s4m contributors
@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechbrain_s4m.lobes.s4 import S4, PointwiseConv1d, cpu_inference_fast_path
+from speechbrain_s4m.lobes.pointwise import PointwiseConv1d
+from speechbrain_s4m.lobes.s4 import S4
 
 
 def global_layer_norm(channels: int) -> nn.GroupNorm:
@@ -57,38 +58,24 @@ class ChannelLayerNorm(nn.LayerNorm):
 
 
 class DepthwiseConv1d(nn.Conv1d):
-    """Depthwise ``Conv1d`` (``groups == in_channels == out_channels``) with a faster
-    CPU inference path; parameters, state dict and results are those of ``nn.Conv1d``.
-
-    On the CPU, with gradients and autocast off, oneDNN's stride-1 depthwise
-    convolution is slow and its speed jumps erratically with the sequence length
-    (1.5 ms for 512 channels x 997 frames, 0.1 ms for 499 frames). There the layer
-    computes the same sum directly: the per-channel-scaled input for the centre tap,
-    plus each other tap's scaled, shifted input on the frames where it does not fall
-    into the zero padding (no padded copy is built; for ``kernel_size == 1`` this is
-    a single per-channel scale). Other cases (training, autocast, stride > 1, GPUs)
-    use ``nn.Conv1d`` itself.
+    """Depthwise ``Conv1d`` (``groups == in_channels == out_channels``) with "same"
+    padding ``(kernel_size - 1) // 2``.
 
     Arguments
     ---------
     channels : int
         Input and output channels.
     kernel_size : int
-        Kernel size; padding ``(kernel_size - 1) // 2`` (odd sizes keep the length at
-        stride 1; only they take the fast path).
+        Kernel size (odd sizes keep the length at stride 1).
     stride : int
-        Stride.
+        Stride (2 halves an even length).
     bias : bool
         Whether to add a learned per-channel bias.
 
     Example
     -------
-    >>> conv = DepthwiseConv1d(8, 5)
-    >>> x = torch.randn(2, 8, 50)
-    >>> with torch.no_grad():
-    ...     fast, reference = conv(x), nn.Conv1d.forward(conv, x)
-    >>> fast.shape, bool(torch.allclose(fast, reference, atol=1e-5))
-    (torch.Size([2, 8, 50]), True)
+    >>> DepthwiseConv1d(8, 5, stride=2)(torch.randn(2, 8, 48)).shape
+    torch.Size([2, 8, 24])
     """
 
     def __init__(self, channels: int, kernel_size: int, stride: int = 1, bias: bool = True):
@@ -102,66 +89,33 @@ class DepthwiseConv1d(nn.Conv1d):
             bias=bias,
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            self.stride[0] != 1
-            or self.kernel_size[0] % 2 == 0
-            or not cpu_inference_fast_path(x, self.weight)
-        ):
-            return super().forward(x)
-        bias = None if self.bias is None else self.bias[None]
-        return depthwise_same(x, self.weight[None, :, 0, :], bias)[:, 0]
 
-
-def depthwise_same(
-    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None
-) -> torch.Tensor:
-    """``G`` stride-1 depthwise convolutions of one input with zero "same" padding,
-    computed as sums of shifted, per-channel-scaled copies of the input.
-
-    Arguments
-    ---------
-    x : torch.Tensor
-        ``[batch, C, L]``.
-    weight : torch.Tensor
-        ``[G, C, K]`` with ``K`` odd: filter ``g`` of channel ``c``.
-    bias : torch.Tensor, optional
-        ``[G, C]``.
-
-    Returns
-    -------
-    torch.Tensor
-        ``[batch, G, C, L]``: ``out[:, g] == conv1d(x, weight[g, :, None], bias[g],
-        padding=K // 2, groups=C)``.
+def average_pool(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Mean of each run of ``factor`` frames: ``[B, C, L] -> [B, C, L / factor]``
+    (``L`` a multiple of ``factor``).
 
     Example
     -------
-    >>> x, w = torch.randn(2, 3, 20), torch.randn(2, 3, 5)
-    >>> out = depthwise_same(x, w)
-    >>> reference = F.conv1d(x, w[1, :, None], padding=2, groups=3)
-    >>> out.shape, bool(torch.allclose(out[:, 1], reference, atol=1e-6))
-    (torch.Size([2, 2, 3, 20]), True)
+    >>> average_pool(torch.arange(8.0).view(1, 1, 8), 4)
+    tensor([[[1.5000, 5.5000]]])
     """
-    K = weight.shape[-1]
-    pad = (K - 1) // 2
-    L = x.shape[-1]
-    x = x.unsqueeze(1)  # [batch, 1, C, L]
-    taps = weight.unsqueeze(-1)  # [G, C, K, 1]
-    # Centre tap over the whole length, then each other tap j (offset d = j - pad)
-    # on the frames where it does not fall into the zero padding.
-    if bias is None:
-        out = x * taps[:, :, pad]  # [batch, G, C, L]
-    else:
-        out = torch.addcmul(bias.unsqueeze(-1), x, taps[:, :, pad])
-    for j in range(K):
-        d = j - pad
-        if d == 0 or abs(d) >= L:
-            continue
-        if d > 0:
-            out[..., : L - d].addcmul_(x[..., d:], taps[:, :, j])
-        else:
-            out[..., -d:].addcmul_(x[..., : L + d], taps[:, :, j])
-    return out
+    batch, channels, length = x.shape
+    return x.view(batch, channels, length // factor, factor).mean(-1)
+
+
+def upsample(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Nearest-neighbour upsampling ``[B, C, L_coarse] -> [B, C, length]`` by the
+    integer factor ``length / L_coarse`` (each frame repeated); the identity when
+    the lengths agree.
+
+    Example
+    -------
+    >>> upsample(torch.tensor([[[1.0, 2.0]]]), 4)
+    tensor([[[1., 1., 2., 2.]]])
+    """
+    if x.shape[-1] == length:
+        return x
+    return F.interpolate(x, size=length, mode="nearest")
 
 
 def depthwise_conv_norm(
@@ -205,59 +159,47 @@ class LocalAttention(nn.Module):
         self.global_embedding = depthwise_conv_norm(channels, kernel_size, bias=False)  # f_2
 
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-        local = self.local_embedding(fine)  # a'
-        if self.gate_embedding[0].kernel_size[0] % 2 and cpu_inference_fast_path(
-            coarse, self.gate_embedding[0].weight
-        ):
-            return self.combine(local, self.coarse_embeddings(coarse), in_place=True)
-        rho = torch.sigmoid(self.gate_embedding(coarse))
-        tau = self.global_embedding(coarse)
-        length = fine.shape[-1]
-        if coarse.shape[-1] != length:  # (nearest interpolation to the same length is a copy)
-            rho = F.interpolate(rho, size=length, mode="nearest")  # [batch, C, L_fine]
-            tau = F.interpolate(tau, size=length, mode="nearest")
-        return torch.addcmul(tau, local, rho)
-
-    def coarse_embeddings(self, coarse: torch.Tensor) -> torch.Tensor:
-        """``rho`` and ``tau`` of one coarse input, ``[batch, 2, C, L_coarse]``, computed
-        together (CPU inference path): both depthwise convolutions in one pass over
-        the input and both gLNs as one GroupNorm with two groups."""
-        return gated_embeddings(coarse, [self.gate_embedding, self.global_embedding])
+        """``fine [B, C, L]``, ``coarse [B, C, L / r]`` -> ``[B, C, L]``."""
+        embeddings = gated_embeddings(coarse, [self.gate_embedding, self.global_embedding])
+        return self.combine(self.local_embedding(fine), embeddings[:, 0], embeddings[:, 1])
 
     @staticmethod
-    def combine(
-        local: torch.Tensor, embeddings: torch.Tensor, in_place: bool = False
-    ) -> torch.Tensor:
-        """``a' * up(rho) + up(tau)`` for ``a'`` ``[batch, C, L]`` and ``embeddings``
-        ``[batch, 2, C, L_coarse]`` holding ``rho`` and ``tau``; ``in_place`` writes
-        the result over ``local`` (a temporary in the CPU inference path)."""
-        batch, _, C, length = embeddings.shape
-        if length != local.shape[-1]:  # one interpolation for both
-            embeddings = F.interpolate(
-                embeddings.reshape(batch, 2 * C, length), size=local.shape[-1], mode="nearest"
-            ).view(batch, 2, C, -1)
-        return torch.addcmul(embeddings[:, 1], local, embeddings[:, 0], out=local if in_place else None)
+    def combine(local: torch.Tensor, rho: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """``a' * up(rho) + up(tau)`` for ``a' [B, C, L]`` and ``rho, tau [B, C, L / r]``."""
+        length = local.shape[-1]
+        if tau.shape[-1] == length:
+            return torch.addcmul(tau, local, rho)
+        # The upsampled tau is a fresh temporary that no backward needs: the result
+        # overwrites it.
+        return upsample(tau, length).addcmul_(local, upsample(rho, length))
 
 
 def gated_embeddings(x: torch.Tensor, embeddings: Sequence[nn.Sequential]) -> torch.Tensor:
-    """Pairs ``(sigmoid(f_gate(x)), f_global(x))`` of several local attentions on one
-    input ``x`` ``[batch, C, L]``, where each ``f`` is ``Sequential(DepthwiseConv1d
-    (stride 1), gLN)`` and ``embeddings`` lists gate, global, gate, global, ...
+    """The pairs ``(rho, tau) = (sigmoid(f_gate(x)), f_global(x))`` of one or several
+    local attentions on one input ``x [B, C, L]``, where each ``f`` is
+    ``Sequential(DepthwiseConv1d, gLN)`` and ``embeddings`` lists gate, global, gate,
+    global, ...
 
-    Returns ``[batch, len(embeddings), C, L]``: every depthwise convolution in one
-    :func:`depthwise_same` call and every gLN as one group of a single GroupNorm,
-    the same sums as the modules' but in a few operator calls instead of many.
+    Every gLN runs as one group of a single GroupNorm, so several attentions on the
+    same input (S4M's scales on ``F_m``) cost a few operator calls instead of many.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B, G, C, L]`` with ``G = len(embeddings)``: ``rho`` at even ``g``,
+        ``tau`` at odd ``g``.
+
+    Example
+    -------
+    >>> attention = LocalAttention(channels=8, kernel_size=5)
+    >>> pair = [attention.gate_embedding, attention.global_embedding]
+    >>> out = gated_embeddings(torch.randn(2, 8, 10), pair)
+    >>> out.shape, bool((out[:, 0] > 0).all())
+    (torch.Size([2, 2, 8, 10]), True)
     """
     batch, C, L = x.shape
-    convs = [f[0] for f in embeddings]
     norms = [f[1] for f in embeddings]
-    weight = torch.stack([conv.weight[:, 0, :] for conv in convs])  # [G, C, K]
-    bias = None
-    if any(conv.bias is not None for conv in convs):
-        bias = torch.stack(
-            [conv.bias if conv.bias is not None else torch.zeros_like(conv.weight[:, 0, 0]) for conv in convs]
-        )
-    y = depthwise_same(x, weight, bias)  # [batch, G, C, L]
+    y = torch.stack([f[0](x) for f in embeddings], dim=1)  # [B, G, C, L]
     y = F.group_norm(
         y.view(batch, -1, L),
         len(embeddings),
@@ -265,14 +207,16 @@ def gated_embeddings(x: torch.Tensor, embeddings: Sequence[nn.Sequential]) -> to
         torch.cat([norm.bias for norm in norms]),
         norms[0].eps,
     ).view(batch, len(embeddings), C, L)
-    y[:, 0::2].sigmoid_()  # rho = sigmoid(f_gate(x))
+    y[:, 0::2].sigmoid_()  # rho = sigmoid(f_gate(x)); GroupNorm's backward keeps its input
     return y
 
 
 def add_residual(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``x + y`` for a branch output ``y`` that nothing else holds: without autograd
-    (and at ``x``'s dtype) the sum overwrites ``y``, saving one full-size allocation."""
-    if torch.is_grad_enabled() or y.dtype != x.dtype:
+    """``x + y`` for a branch output ``y`` that nothing else holds and that its
+    producer's backward does not need (a matrix product's or a GLU's output): the sum
+    overwrites ``y``, saving one full-size allocation. Under autocast (``y`` in lower
+    precision) the sum is taken at ``x``'s precision instead."""
+    if y.dtype != x.dtype:
         return x + y
     return y.add_(x)
 
@@ -341,8 +285,8 @@ class S4MBlock(nn.Module):
     Example
     -------
     >>> block = S4MBlock(bottleneck_channels=8, hidden_channels=16)
-    >>> block(torch.randn(2, 8, 50)).shape
-    torch.Size([2, 8, 50])
+    >>> block(torch.randn(2, 8, 48)).shape
+    torch.Size([2, 8, 48])
     """
 
     def __init__(
@@ -380,21 +324,20 @@ class S4MBlock(nn.Module):
         )
         self.output_projection = PointwiseConv1d(C, bottleneck_channels)
 
-    def scale_lengths(self, length: int) -> List[int]:
-        """Lengths of ``F_0 .. F_{S-1}`` for an input of ``length`` frames."""
-        lengths = [length]
-        for _ in range(self.num_scales - 1):
-            lengths.append((lengths[-1] - 1) // 2 + 1)  # k=5, stride 2, padding 2
-        return lengths
+    @property
+    def frame_multiple(self) -> int:
+        """``2^(S-1)``: the block's input length must be a multiple of it."""
+        return 2 ** (self.num_scales - 1)
 
-    def _project_input(self, x: torch.Tensor) -> torch.Tensor:
-        """1x1 conv, gLN, PReLU; in CPU inference the (single-slope) PReLU overwrites
-        the gLN output, a temporary, instead of allocating another full-size tensor."""
-        conv, norm, prelu = self.input_projection
-        if prelu.num_parameters != 1 or not cpu_inference_fast_path(x, conv.weight):
-            return self.input_projection(x)
-        # PReLU with one slope a is leaky ReLU with negative slope a.
-        return F.leaky_relu_(norm(conv(x)), float(prelu.weight))
+    def scale_lengths(self, length: int) -> List[int]:
+        """Lengths of ``F_0 .. F_{S-1}`` for an input of ``length`` frames (a multiple
+        of :attr:`frame_multiple`): ``L, L / 2, ..., L / 2^(S-1)``."""
+        if length < 1 or length % self.frame_multiple:
+            raise ValueError(
+                f"S4MBlock: expected a length that is a positive multiple of "
+                f"{self.frame_multiple} frames, got {length}"
+            )
+        return [length >> i for i in range(self.num_scales)]
 
     def kernel_spectra(self, length: int) -> List[torch.Tensor]:
         """S4 kernel spectra for an input of ``length`` frames, in the order the
@@ -410,18 +353,9 @@ class S4MBlock(nn.Module):
     def _fuse_scales(
         self, scales: Sequence[torch.Tensor], global_feature: torch.Tensor
     ) -> List[torch.Tensor]:
-        """Local attention of every scale ``F_i`` with ``F_m``.
-
-        The gate and global embeddings of all scales act on the same ``F_m``; in CPU
-        inference they are computed together (:func:`gated_embeddings`: ``2 S`` groups
-        of one GroupNorm) instead of in ``4 S`` separate operator calls on small
-        tensors.
-        """
-        if not cpu_inference_fast_path(global_feature, global_feature):
-            return [
-                attention(f, global_feature)
-                for attention, f in zip(self.scale_attention, scales)
-            ]
+        """Local attention of every scale ``F_i`` with ``F_m``; the gate and global
+        embeddings of all scales act on the same ``F_m`` and are computed together
+        (:func:`gated_embeddings`, ``2 S`` groups of one GroupNorm)."""
         batch, C, length = global_feature.shape
         embeddings = gated_embeddings(
             global_feature,
@@ -432,35 +366,35 @@ class S4MBlock(nn.Module):
             ],
         ).view(batch, self.num_scales, 2, C, length)
         return [
-            LocalAttention.combine(attention.local_embedding(f), embeddings[:, i], in_place=True)
+            LocalAttention.combine(
+                attention.local_embedding(f), embeddings[:, i, 0], embeddings[:, i, 1]
+            )
             for i, (attention, f) in enumerate(zip(self.scale_attention, scales))
         ]
 
     def forward(
         self, x: torch.Tensor, spectra: Optional[Sequence[torch.Tensor]] = None
     ) -> torch.Tensor:
-        """``[batch, bottleneck, L] -> [batch, bottleneck, L]``; ``spectra`` from
-        :meth:`kernel_spectra` (computed here when omitted)."""
+        """``[B, bottleneck, L] -> [B, bottleneck, L]`` for ``L`` a multiple of
+        :attr:`frame_multiple`; ``spectra`` from :meth:`kernel_spectra` (computed
+        here when omitted)."""
+        lengths = self.scale_lengths(x.shape[-1])
         if spectra is None:
             spectra = self.kernel_spectra(x.shape[-1])
-        scales = [self.pyramid[0](self._project_input(x))]  # F_0: [batch, C, L]
+        scales = [self.pyramid[0](self.input_projection(x))]  # F_0: [B, C, L]
         for encoder in self.pyramid[1:]:
-            scales.append(encoder(scales[-1]))  # F_i: [batch, C, ~L / 2^i]
-        coarsest = scales[-1].shape[-1]
-        global_feature = sum(  # F_m; pooling to the same length is the identity
-            F.adaptive_avg_pool1d(f, coarsest) if f.shape[-1] != coarsest else f
-            for f in scales
-        )
-        global_feature = self.global_feed_forward(
-            self.global_s4(global_feature, spectra[0])
-        )
+            scales.append(encoder(scales[-1]))  # F_i: [B, C, L / 2^i]
+        global_feature = scales[-1]  # F_m: every scale pooled to L / 2^(S-1), summed
+        for f in scales[:-1]:
+            global_feature = global_feature + average_pool(f, f.shape[-1] // lengths[-1])
+        global_feature = self.global_feed_forward(self.global_s4(global_feature, spectra[0]))
         fused = self._fuse_scales(scales, global_feature)
         expanded = fused[-1]
         for level, i in enumerate(range(self.num_scales - 2, -1, -1)):
             expanded = self.decoder_attention[i](fused[i], expanded)
             if self.decoder_s4 is not None:
                 expanded = self.decoder_s4[i](expanded, spectra[1 + level])
-        return self.output_projection(expanded) + x
+        return add_residual(x, self.output_projection(expanded))
 
 
 class S4MMaskNet(nn.Module):
@@ -545,10 +479,25 @@ class S4MMaskNet(nn.Module):
                 f"[batch, {self.in_channels}, frames >= 1], got {tuple(x.shape)}"
             )
         batch, E, L = x.shape
-        bottleneck = self.bottleneck(self.norm(x))  # [batch, bottleneck, L]
-        spectra = self.block.kernel_spectra(L)  # once for all unfolded passes
+        padded = self.padded_length(L)
+        bottleneck = self.bottleneck(self.norm(x))  # [B, bottleneck, L]
+        bottleneck = F.pad(bottleneck, (0, padded - L))  # zero frames: [B, bottleneck, L']
+        spectra = self.block.kernel_spectra(padded)  # once for all unfolded passes
         out = self.block(bottleneck, spectra)
         for _ in range(self.num_blocks - 1):
             out = self.block(self.fuse(bottleneck + out), spectra)
-        masks = self.mask_head(out)  # [batch, spks * E, L]
+        masks = self.mask_head(out[..., :L])  # [B, spks * E, L]
         return masks.view(batch, self.num_spks, E, L).transpose(0, 1)
+
+    def padded_length(self, length: int) -> int:
+        """The length the blocks run at: ``length`` rounded up to a multiple of
+        ``2^(S-1)`` frames (the padding frames are zeros after the bottleneck, and
+        the masks are trimmed back).
+
+        Example
+        -------
+        >>> S4MMaskNet(in_channels=9, num_scales=4).padded_length(997)
+        1000
+        """
+        multiple = self.block.frame_multiple
+        return -(-length // multiple) * multiple
