@@ -16,8 +16,9 @@ Inside the block (paper Fig. 1), with paper symbols:
 * S4M only: a residual S4 layer after each decoder local attention (Fig. 1-C).
 
 The mask network pads the frames once to a multiple of ``2^(S-1)`` (8 for ``S = 4``),
-so that every scale is exactly half the previous one: average pooling is then a
-reshape and a mean, and nearest-neighbour upsampling an exact repetition. The masks
+so that every scale is exactly half the previous one: average pooling is then a mean
+of even and odd frames, and nearest-neighbour upsampling an exact repetition (a
+broadcast). The masks
 are trimmed back to the input length. One computation serves training, inference,
 autocast, CPU and GPU.
 
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechbrain_s4m.lobes.depthwise import DepthwiseConv1d
 from speechbrain_s4m.lobes.pointwise import PointwiseConv1d
 from speechbrain_s4m.lobes.s4 import S4
 
@@ -57,65 +59,22 @@ class ChannelLayerNorm(nn.LayerNorm):
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
 
-class DepthwiseConv1d(nn.Conv1d):
-    """Depthwise ``Conv1d`` (``groups == in_channels == out_channels``) with "same"
-    padding ``(kernel_size - 1) // 2``.
-
-    Arguments
-    ---------
-    channels : int
-        Input and output channels.
-    kernel_size : int
-        Kernel size (odd sizes keep the length at stride 1).
-    stride : int
-        Stride (2 halves an even length).
-    bias : bool
-        Whether to add a learned per-channel bias.
+def pooled_sum(scales: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``sum_i pool(F_i)``: every scale ``F_i [B, C, L / 2^i]`` average-pooled to the
+    coarsest length and summed, computed coarse-wards as ``t <- pool2(t) + F_{i+1}``
+    (a mean of equal-sized means is the mean), where ``pool2`` averages the even and
+    odd frames.
 
     Example
     -------
-    >>> DepthwiseConv1d(8, 5, stride=2)(torch.randn(2, 8, 48)).shape
-    torch.Size([2, 8, 24])
+    >>> fine, coarse = torch.arange(8.0).view(1, 1, 8), torch.ones(1, 1, 2)
+    >>> pooled_sum([fine, torch.zeros(1, 1, 4), coarse])  # means 1.5 and 5.5, plus 1
+    tensor([[[2.5000, 6.5000]]])
     """
-
-    def __init__(self, channels: int, kernel_size: int, stride: int = 1, bias: bool = True):
-        super().__init__(
-            channels,
-            channels,
-            kernel_size,
-            stride=stride,
-            padding=(kernel_size - 1) // 2,
-            groups=channels,
-            bias=bias,
-        )
-
-
-def average_pool(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Mean of each run of ``factor`` frames: ``[B, C, L] -> [B, C, L / factor]``
-    (``L`` a multiple of ``factor``).
-
-    Example
-    -------
-    >>> average_pool(torch.arange(8.0).view(1, 1, 8), 4)
-    tensor([[[1.5000, 5.5000]]])
-    """
-    batch, channels, length = x.shape
-    return x.view(batch, channels, length // factor, factor).mean(-1)
-
-
-def upsample(x: torch.Tensor, length: int) -> torch.Tensor:
-    """Nearest-neighbour upsampling ``[B, C, L_coarse] -> [B, C, length]`` by the
-    integer factor ``length / L_coarse`` (each frame repeated); the identity when
-    the lengths agree.
-
-    Example
-    -------
-    >>> upsample(torch.tensor([[[1.0, 2.0]]]), 4)
-    tensor([[[1., 1., 2., 2.]]])
-    """
-    if x.shape[-1] == length:
-        return x
-    return F.interpolate(x, size=length, mode="nearest")
+    total = scales[0]
+    for f in scales[1:]:
+        total = torch.lerp(total[..., 0::2], total[..., 1::2], 0.5) + f
+    return total
 
 
 def depthwise_conv_norm(
@@ -135,7 +94,8 @@ class LocalAttention(nn.Module):
         out = a' * up(rho) + up(tau),   rho = sigmoid(f_1(g)),   tau = f_2(g),
 
     where ``a' = f_0(a)`` and ``f_0, f_1, f_2`` are depthwise convolutions followed by
-    gLN, and ``up`` is nearest-neighbour interpolation to the length of ``a``.
+    gLN, and ``up`` is nearest-neighbour interpolation to the length of ``a`` (an
+    integer multiple of the length of ``g``).
 
     Arguments
     ---------
@@ -160,18 +120,87 @@ class LocalAttention(nn.Module):
 
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         """``fine [B, C, L]``, ``coarse [B, C, L / r]`` -> ``[B, C, L]``."""
-        embeddings = gated_embeddings(coarse, [self.gate_embedding, self.global_embedding])
-        return self.combine(self.local_embedding(fine), embeddings[:, 0], embeddings[:, 1])
+        rho, tau = gated_embeddings(coarse, [self.gate_embedding, self.global_embedding]).unbind(1)
+        return self.combine(self.local_embedding(fine), rho, tau)
 
     @staticmethod
     def combine(local: torch.Tensor, rho: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        """``a' * up(rho) + up(tau)`` for ``a' [B, C, L]`` and ``rho, tau [B, C, L / r]``."""
-        length = local.shape[-1]
-        if tau.shape[-1] == length:
-            return torch.addcmul(tau, local, rho)
-        # The upsampled tau is a fresh temporary that no backward needs: the result
-        # overwrites it.
-        return upsample(tau, length).addcmul_(local, upsample(rho, length))
+        """``a' * up(rho) + up(tau)`` for ``a' [B, C, L]`` and ``rho, tau [B, C, L / r]``,
+        as one multiply-add on broadcast views: nearest-neighbour upsampling by the
+        integer factor ``r`` repeats each coarse frame over ``r`` fine frames, so no
+        upsampled tensor is built.
+
+        Example
+        -------
+        >>> local, rho, tau = torch.ones(1, 1, 4), torch.tensor([[[2.0, 3.0]]]), torch.zeros(1, 1, 2)
+        >>> LocalAttention.combine(local, rho, tau)
+        tensor([[[2., 2., 3., 3.]]])
+        """
+        return BroadcastGate.apply(local, rho, tau)
+
+
+def sum_of_runs(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Sums of each run of ``factor`` frames: ``[B, C, L] -> [B, C, L / factor]``, for a
+    power-of-two ``factor`` as repeated sums of even and odd frames (a reduction over
+    a trailing dimension of 2 is several times slower on the CPU).
+
+    Example
+    -------
+    >>> sum_of_runs(torch.arange(8.0).view(1, 1, 8), 4)
+    tensor([[[ 6., 22.]]])
+    """
+    if factor & (factor - 1):
+        batch, C, length = x.shape
+        return x.reshape(batch, C, length // factor, factor).sum(-1)
+    while factor > 1:
+        x = x[..., 0::2] + x[..., 1::2]
+        factor //= 2
+    return x
+
+
+class BroadcastGate(torch.autograd.Function):
+    """``a' * up(rho) + up(tau)`` (see :meth:`LocalAttention.combine`) with its backward
+    pass written out: the gradients of ``rho`` and ``tau`` are :func:`sum_of_runs` of
+    ``g * a'`` and ``g``.
+
+    Example
+    -------
+    >>> local = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    >>> rho, tau = (torch.randn(2, 3, 2, dtype=torch.float64, requires_grad=True) for _ in "12")
+    >>> torch.autograd.gradcheck(BroadcastGate.apply, (local, rho, tau))
+    True
+    """
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor, rho: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        batch, C, length = local.shape
+        coarse = rho.shape[-1]
+        if length % coarse or rho.shape != tau.shape or rho.shape[:2] != local.shape[:2]:
+            raise ValueError(
+                f"LocalAttention: expected rho and tau of shape [{batch}, {C}, L / r] for a "
+                f"fine input of shape {tuple(local.shape)} and an integer r, got "
+                f"{tuple(rho.shape)} and {tuple(tau.shape)}"
+            )
+        ctx.save_for_backward(local, rho)
+        ctx.dtypes = (local.dtype, rho.dtype, tau.dtype)
+        fine = local.reshape(batch, C, coarse, length // coarse)  # [B, C, L / r, r]
+        return torch.addcmul(tau[..., None], fine, rho[..., None]).view(batch, C, length)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        local, rho = ctx.saved_tensors
+        batch, C, length = local.shape
+        factor = length // rho.shape[-1]
+        grad_local = grad_rho = grad_tau = None
+        if ctx.needs_input_grad[0]:
+            grad_local = (grad.view(batch, C, -1, factor) * rho[..., None]).view(batch, C, length)
+            grad_local = grad_local.to(ctx.dtypes[0])
+        if ctx.needs_input_grad[1]:
+            grad_rho = sum_of_runs(grad * local, factor).to(ctx.dtypes[1])
+        if ctx.needs_input_grad[2]:
+            grad_tau = sum_of_runs(grad, factor).to(ctx.dtypes[2])
+        return grad_local, grad_rho, grad_tau
 
 
 def gated_embeddings(x: torch.Tensor, embeddings: Sequence[nn.Sequential]) -> torch.Tensor:
@@ -356,7 +385,6 @@ class S4MBlock(nn.Module):
         """Local attention of every scale ``F_i`` with ``F_m``; the gate and global
         embeddings of all scales act on the same ``F_m`` and are computed together
         (:func:`gated_embeddings`, ``2 S`` groups of one GroupNorm)."""
-        batch, C, length = global_feature.shape
         embeddings = gated_embeddings(
             global_feature,
             [
@@ -364,11 +392,9 @@ class S4MBlock(nn.Module):
                 for attention in self.scale_attention
                 for module in (attention.gate_embedding, attention.global_embedding)
             ],
-        ).view(batch, self.num_scales, 2, C, length)
+        ).unbind(1)  # rho_0, tau_0, rho_1, ... (unbind: a cheap backward, unlike indexing)
         return [
-            LocalAttention.combine(
-                attention.local_embedding(f), embeddings[:, i, 0], embeddings[:, i, 1]
-            )
+            LocalAttention.combine(attention.local_embedding(f), *embeddings[2 * i : 2 * i + 2])
             for i, (attention, f) in enumerate(zip(self.scale_attention, scales))
         ]
 
@@ -378,15 +404,13 @@ class S4MBlock(nn.Module):
         """``[B, bottleneck, L] -> [B, bottleneck, L]`` for ``L`` a multiple of
         :attr:`frame_multiple`; ``spectra`` from :meth:`kernel_spectra` (computed
         here when omitted)."""
-        lengths = self.scale_lengths(x.shape[-1])
+        self.scale_lengths(x.shape[-1])  # checks the length
         if spectra is None:
             spectra = self.kernel_spectra(x.shape[-1])
         scales = [self.pyramid[0](self.input_projection(x))]  # F_0: [B, C, L]
         for encoder in self.pyramid[1:]:
             scales.append(encoder(scales[-1]))  # F_i: [B, C, L / 2^i]
-        global_feature = scales[-1]  # F_m: every scale pooled to L / 2^(S-1), summed
-        for f in scales[:-1]:
-            global_feature = global_feature + average_pool(f, f.shape[-1] // lengths[-1])
+        global_feature = pooled_sum(scales)  # F_m: [B, C, L / 2^(S-1)]
         global_feature = self.global_feed_forward(self.global_s4(global_feature, spectra[0]))
         fused = self._fuse_scales(scales, global_feature)
         expanded = fused[-1]
