@@ -1189,7 +1189,7 @@ def check_targets(record: Dict[str, object]) -> List[Dict[str, str]]:
         targets.append({"target": name, "status": status, "detail": detail})
 
     sep = rows.get(REFERENCE, {}).get("cpu_rtf_f_s")
-    for name, factor in (("S4M-tiny", 8.0), ("S4M", 4.0)):
+    for name, factor in (("S4M-tiny", 10.0), ("S4M", 4.0)):
         mine = rows.get(name, {}).get("cpu_rtf_f_s")
         label = f"{name} CPU forward >= {factor:g}x faster than Sepformer"
         if mine and sep:

@@ -162,7 +162,9 @@ class S4(nn.Module):
         if length < 1:
             raise ValueError(f"S4: kernel length must be >= 1, got {length}")
         with _float32_region(self.kernel.skip.device):
-            spectrum = self.kernel.spectrum(length, fft_length(2 * length))  # [D, H, F]
+            # The taps come from the generating function at fft_length(L) points, half
+            # as many Cauchy evaluations as at the n points of the convolution.
+            spectrum = torch.fft.rfft(self.kernel(length), n=fft_length(2 * length))
             feedthrough = self.kernel.skip.float()[:, None]  # D u: D at lag 0
             if self.bidirectional:
                 # Correlation with the second kernel == convolution of the reversed
