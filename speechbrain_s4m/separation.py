@@ -400,6 +400,7 @@ class SeparationBrain(sb.Brain):
 
         if torch.isfinite(loss) and loss < self.hparams.loss_upper_lim:
             self.scaler.scale(loss).backward()
+            self._warm_up_learning_rate()
             self.optimizers_step()  # unscale, clip at max_grad_norm, step, zero_grad
         else:
             self.skipped_batches += 1
@@ -413,6 +414,20 @@ class SeparationBrain(sb.Brain):
             loss = torch.zeros((), device=self.device)
         self.on_fit_batch_end(batch, predictions, loss, True)
         return loss.detach().cpu()
+
+    def _warm_up_learning_rate(self) -> None:
+        """Linear learning-rate warm-up over the first ``lr_warmup_steps`` optimizer
+        steps (hparam, 0: none): step ``k`` (from 0) uses ``(k + 1) / lr_warmup_steps``
+        of each group's learning rate. The full rate is kept in the group as
+        ``warmup_target_lr``, so it travels with the optimizer's checkpoint and a
+        resumed run continues the ramp."""
+        steps = int(getattr(self.hparams, "lr_warmup_steps", 0) or 0)
+        if steps <= 0 or self.optimizer_step > steps:
+            return
+        fraction = min(1.0, (self.optimizer_step + 1) / steps)
+        for group in self.optimizer.param_groups:
+            target = group.setdefault("warmup_target_lr", group["lr"])
+            group["lr"] = target * fraction
 
     def evaluate_batch(self, batch, stage):
         """Validation/test loss; in TEST also scores every utterance."""

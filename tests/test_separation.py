@@ -216,3 +216,22 @@ def test_optimizer_state_saved_in_another_parameter_order_is_left_out(tmp_path, 
     assert [g["lr"] for g in brain.optimizer.param_groups] == [5e-4, 5e-4]
     assert not brain.optimizer.state
     assert "resuming with a fresh optimizer state" in caplog.text
+
+
+def test_learning_rate_warms_up_linearly_then_holds(tmp_path):
+    brain = _recipe_brain(tmp_path, "lr_warmup_steps: 4", "lr: 0.002")
+    seen = []
+    for step in range(6):
+        brain.optimizer_step = step  # SpeechBrain's counter of optimizer steps taken
+        brain._warm_up_learning_rate()
+        seen.append([group["lr"] for group in brain.optimizer.param_groups])
+    assert len(seen[0]) == 2  # both groups (untagged and SSM) warm up
+    assert [round(lrs[0], 6) for lrs in seen] == [0.0005, 0.001, 0.0015, 0.002, 0.002, 0.002]
+    assert all(lrs[0] == lrs[1] for lrs in seen)
+
+
+def test_no_warm_up_by_default(tmp_path):
+    brain = _recipe_brain(tmp_path)
+    brain.optimizer_step = 0
+    brain._warm_up_learning_rate()
+    assert [group["lr"] for group in brain.optimizer.param_groups] == [0.001, 0.001]

@@ -194,7 +194,7 @@ class BroadcastGate(torch.autograd.Function):
         factor = length // rho.shape[-1]
         grad_local = grad_rho = grad_tau = None
         if ctx.needs_input_grad[0]:
-            grad_local = (grad.view(batch, C, -1, factor) * rho[..., None]).view(batch, C, length)
+            grad_local = (grad.reshape(batch, C, -1, factor) * rho[..., None]).view(batch, C, length)
             grad_local = grad_local.to(ctx.dtypes[0])
         if ctx.needs_input_grad[1]:
             grad_rho = sum_of_runs(grad * local, factor).to(ctx.dtypes[1])
