@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import speechbrain as sb
+import torch
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 from ruamel.yaml import YAML
 from speechbrain.dataio.batch import PaddedBatch
@@ -192,4 +193,10 @@ def train_and_evaluate(
         valid_loader_kwargs=hparams["dataloader_opts"],
     )
     brain.evaluate(test, min_key="si-snr", test_loader_kwargs=dict(hparams["test_dataloader_opts"]))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Shut the process group down before the interpreter exits: left to exit-time
+        # teardown, gloo's threads can abort a finished rank ("terminate called without
+        # an active exception", seen once in seven two-process runs).
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return brain

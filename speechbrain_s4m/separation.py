@@ -420,7 +420,8 @@ class SeparationBrain(sb.Brain):
         steps (hparam, 0: none): step ``k`` (from 0) uses ``(k + 1) / lr_warmup_steps``
         of each group's learning rate. The full rate is kept in the group as
         ``warmup_target_lr``, so it travels with the optimizer's checkpoint and a
-        resumed run continues the ramp."""
+        resumed run continues the ramp. A rate change that the scheduler makes during
+        the ramp is overridden by it; changes after the ramp take effect."""
         steps = int(getattr(self.hparams, "lr_warmup_steps", 0) or 0)
         if steps <= 0 or self.optimizer_step > steps:
             return
