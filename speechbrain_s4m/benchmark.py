@@ -643,6 +643,8 @@ def load_recipe_model(hparams_file: str, overrides: Optional[Dict[str, Any]] = N
     """
     from hyperpyyaml import load_hyperpyyaml
 
+    from speechbrain_s4m.separation import optimizer_parameter_groups
+
     with tempfile.TemporaryDirectory(prefix="s4m-bench-") as folder:
         settings = {"data_folder": folder, "output_folder": folder, **(overrides or {})}
         with open(hparams_file, encoding="utf-8") as handle:
@@ -653,7 +655,7 @@ def load_recipe_model(hparams_file: str, overrides: Optional[Dict[str, Any]] = N
     separator = Separator(hparams["Encoder"], hparams["MaskNet"], hparams["Decoder"]).train()
     return TrainingSetup(
         separator=separator,
-        optimizer=hparams["optimizer"](separator.parameters()),
+        optimizer=hparams["optimizer"](optimizer_parameter_groups(separator)),  # as the Brain
         loss=hparams["loss"],
         sample_rate=int(hparams["sample_rate"]),
         num_spks=int(hparams["num_spks"]),
