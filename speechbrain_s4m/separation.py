@@ -17,7 +17,7 @@ import logging
 import os
 import time
 import zipfile
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
