@@ -139,6 +139,8 @@ class SSMKernel(nn.Module):
         Upper bound of that draw.
     """
 
+    rank_one_term = False  # whether A has the low-rank part -P P^* (parameter P)
+
     def __init__(
         self,
         d_model: int,
@@ -170,9 +172,12 @@ class SSMKernel(nn.Module):
         self.input_matrix = self._ssm_parameter(H, half, 2)  # B
         # P (DPLR only), registered here to keep the parameter order of checkpoints
         # (optimizer states are matched to parameters by position).
-        self.register_parameter("low_rank", None)
+        self.register_parameter(
+            "low_rank", self._ssm_parameter(H, half, 2) if self.rank_one_term else None
+        )
         self.output_matrix = nn.Parameter(torch.empty(directions, H, half, 2))  # C
         self.skip = nn.Parameter(torch.empty(H))  # D, the feedthrough (not in the kernel)
+        self.reset_parameters()
 
     @staticmethod
     def _ssm_parameter(*shape: int) -> nn.Parameter:
@@ -297,10 +302,6 @@ class DiagonalKernel(SSMKernel):
     torch.Size([1, 4, 10])
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.reset_parameters()
-
     def _expm1_dt_lambda(self) -> Tuple[torch.Tensor, ...]:
         """``Delta Lambda`` and ``exp(Delta Lambda) - 1`` (accurate for small steps),
         ``[H, N/2]``, then ``Lambda``, ``B`` and ``C`` as :meth:`_continuous` gives them."""
@@ -352,10 +353,7 @@ class DPLRKernel(SSMKernel):
     torch.Size([1, 4, 10])
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.low_rank = self._ssm_parameter(self.d_model, self.d_state // 2, 2)  # P
-        self.reset_parameters()
+    rank_one_term = True
 
     def _full_system(self) -> Tuple[torch.Tensor, ...]:
         """``Delta [H]`` and ``Lambda, B, P [H, N]``, ``C [D, H, N]`` with the
@@ -374,17 +372,27 @@ class DPLRKernel(SSMKernel):
         (torch.Size([3, 8, 8]), torch.Size([2, 3, 8]))
         """
         dt, lam, B, P, C = self._full_system()
+        A_bar, B_bar = self._bilinear(dt, lam, B, P)
+        return DiscreteSSM(A_bar, B_bar, C, self.skip.float(), False)
+
+    @staticmethod
+    def _bilinear(
+        dt: torch.Tensor, lam: torch.Tensor, B: torch.Tensor, P: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Bilinear transform (Eq. 6) of the full system: ``A_bar [H, N, N]`` and
+        ``B_bar [H, N]``."""
         eye = torch.eye(lam.shape[-1], dtype=lam.dtype, device=lam.device)
         A = torch.diag_embed(lam) - P.unsqueeze(-1) * P.conj().unsqueeze(-2)  # [H, N, N]
         half_step = (dt / 2).to(lam.dtype)[:, None, None]
         backward = eye - half_step * A  # I - Delta/2 A
         A_bar = torch.linalg.solve(backward, eye + half_step * A)
         B_bar = torch.linalg.solve(backward, (dt.to(lam.dtype)[:, None] * B).unsqueeze(-1))
-        return DiscreteSSM(A_bar, B_bar.squeeze(-1), C, self.skip.float(), False)
+        return A_bar, B_bar.squeeze(-1)
 
     def _generating_terms(self, length):
         dt, lam, B, P, C = self._full_system()
-        A_power = torch.linalg.matrix_power(self.discretize().transition, length)
+        A_bar, _ = self._bilinear(dt, lam, B, P)
+        A_power = torch.linalg.matrix_power(A_bar, length)
         C_late = torch.einsum("dhn,hnm->dhm", C, A_power)  # C A_bar^L
         outputs = torch.cat([C, C_late])  # [2D, H, N]
         numerators = torch.cat(
