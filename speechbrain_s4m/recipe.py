@@ -25,7 +25,7 @@ from ruamel.yaml import YAML
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import ddp_init_group, if_main_process, run_on_main
 
-from speechbrain_s4m.separation import SeparationBrain, reset_layer_recursively
+from speechbrain_s4m.separation import SeparationBrain, reset_layer_recursively, start_from_mixture
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +180,8 @@ def train_and_evaluate(
     # checkpoint, if any, over these values.
     for module in brain.modules.values():
         reset_layer_recursively(module)
+    if hparams.get("start_from_mixture", False):
+        start_from_mixture(hparams["Encoder"], hparams["MaskNet"], hparams["Decoder"])
 
     train_opts = dict(hparams["dataloader_opts"])
     if not isinstance(train, sb.dataio.dataset.DynamicItemDataset):

@@ -14,6 +14,7 @@ Authors
 
 import csv
 import logging
+import math
 import os
 import time
 import zipfile
@@ -49,6 +50,53 @@ def reset_layer_recursively(layer: torch.nn.Module) -> None:
     for child in layer.modules():
         if child is not layer:
             reset_layer_recursively(child)
+
+
+def start_from_mixture(encoder: torch.nn.Module, masknet: torch.nn.Module, decoder: torch.nn.Module) -> None:
+    """Initialise a freshly reset separator so that its estimates start near
+    ``mixture / num_spks`` (hparam ``start_from_mixture``): the decoder gets the
+    encoder's :meth:`~speechbrain_s4m.lobes.WaveformEncoder.inverse_filters` and the
+    mask net :meth:`~speechbrain_s4m.lobes.S4MMaskNet.start_from_uniform_masks`.
+    Training then skips the phase in which a random decoder learns to invert the
+    encoder. Needs a ``WaveformEncoder``, an ``S4MMaskNet`` and a bias-free
+    ``ConvTranspose1d`` decoder (SpeechBrain's ``Decoder``) of the same kernel and stride.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.dual_path import Decoder
+    >>> from speechbrain_s4m.lobes import S4MMaskNet, WaveformEncoder
+    >>> encoder, decoder = WaveformEncoder(32), Decoder(17, 1, kernel_size=32, stride=8, bias=False)
+    >>> masknet = S4MMaskNet(17, hidden_channels=16, num_blocks=1)
+    >>> start_from_mixture(encoder, masknet, decoder)
+    >>> mix = torch.randn(1, 800)
+    >>> estimates = [decoder(encoder(mix) * mask) for mask in masknet(encoder(mix))]  # [batch, time]
+    >>> ratio = estimates[0][:, 24:-24] / mix[:, 24:-24]
+    >>> bool(ratio.median().sub(0.5).abs() < 0.1)
+    True
+    """
+    from speechbrain_s4m.lobes import S4MMaskNet, WaveformEncoder
+
+    if not isinstance(encoder, WaveformEncoder) or not isinstance(masknet, S4MMaskNet):
+        raise ValueError(
+            f"start_from_mixture: expected a speechbrain_s4m WaveformEncoder and S4MMaskNet, "
+            f"got {type(encoder).__name__} and {type(masknet).__name__}"
+        )
+    expected = tuple(encoder.weight.shape)  # [E, 1, K]
+    if (
+        not isinstance(decoder, torch.nn.ConvTranspose1d)
+        or tuple(decoder.weight.shape) != expected
+        or decoder.stride != encoder.stride
+        or decoder.bias is not None
+    ):
+        raise ValueError(
+            f"start_from_mixture: expected a bias-free ConvTranspose1d decoder with weight "
+            f"shape {expected} and stride {encoder.stride[0]} (the encoder's), got "
+            f"{type(decoder).__name__} with weight shape "
+            f"{tuple(getattr(decoder, 'weight', torch.empty(0)).shape)}"
+        )
+    with torch.no_grad():
+        decoder.weight.copy_(encoder.inverse_filters())
+    masknet.start_from_uniform_masks()
 
 
 def optimizer_parameter_groups(
@@ -218,6 +266,29 @@ class EarlyStoppingCounter(EpochCounterWithStopper):
     @mark_as_loader
     def _recover(self, path, end_of_epoch=True, device=None):
         super()._recover(path, end_of_epoch, device)
+
+
+def step_schedule(step: int, warmup_steps: int = 0, decay_steps: int = 0, final: float = 0.01) -> float:
+    """Learning-rate factor before optimizer step ``step`` (from 0): a linear warm-up,
+    ``(step + 1) / warmup_steps`` over the first ``warmup_steps`` steps, then a half
+    cosine from 1 down to ``final`` over ``decay_steps`` steps, then ``final``
+    (``decay_steps`` 0: no decay, 1 after the warm-up).
+
+    Example
+    -------
+    >>> [round(step_schedule(k, warmup_steps=2, decay_steps=2, final=0.1), 3) for k in range(6)]
+    [0.5, 1.0, 1.0, 0.55, 0.1, 0.1]
+    >>> step_schedule(7)
+    1.0
+    """
+    if not 0.0 < final <= 1.0:
+        raise ValueError(f"lr_decay_final: expected a fraction in (0, 1] of the learning rate, got {final}")
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if decay_steps <= 0:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _checkpoint_file_is_whole(path) -> bool:
@@ -400,7 +471,7 @@ class SeparationBrain(sb.Brain):
 
         if torch.isfinite(loss) and loss < self.hparams.loss_upper_lim:
             self.scaler.scale(loss).backward()
-            self._warm_up_learning_rate()
+            self._schedule_learning_rate()
             self.optimizers_step()  # unscale, clip at max_grad_norm, step, zero_grad
         else:
             self.skipped_batches += 1
@@ -415,20 +486,25 @@ class SeparationBrain(sb.Brain):
         self.on_fit_batch_end(batch, predictions, loss, True)
         return loss.detach().cpu()
 
-    def _warm_up_learning_rate(self) -> None:
-        """Linear learning-rate warm-up over the first ``lr_warmup_steps`` optimizer
-        steps (hparam, 0: none): step ``k`` (from 0) uses ``(k + 1) / lr_warmup_steps``
-        of each group's learning rate. The full rate is kept in the group as
-        ``warmup_target_lr``, so it travels with the optimizer's checkpoint and a
-        resumed run continues the ramp. A rate change that the scheduler makes during
-        the ramp is overridden by it; changes after the ramp take effect."""
-        steps = int(getattr(self.hparams, "lr_warmup_steps", 0) or 0)
-        if steps <= 0 or self.optimizer_step > steps:
-            return
-        fraction = min(1.0, (self.optimizer_step + 1) / steps)
-        for group in self.optimizer.param_groups:
-            target = group.setdefault("warmup_target_lr", group["lr"])
-            group["lr"] = target * fraction
+    def _schedule_learning_rate(self) -> None:
+        """Apply :func:`step_schedule` (hparams ``lr_warmup_steps``, ``lr_decay_steps``,
+        ``lr_decay_final``) before optimizer step ``k``: each group's rate is
+        multiplied by ``f(k) / f(k - 1)`` (by ``f(0)`` before the first step). The
+        schedule thus moves the rate the optimizer's checkpoint holds, so a resumed
+        run continues it, and a change made by someone else (ReduceLROnPlateau's
+        halving after a validation) is kept and scaled along with it."""
+        schedule = dict(
+            warmup_steps=int(getattr(self.hparams, "lr_warmup_steps", 0) or 0),
+            decay_steps=int(getattr(self.hparams, "lr_decay_steps", 0) or 0),
+            final=float(getattr(self.hparams, "lr_decay_final", 0.01)),
+        )
+        step = self.optimizer_step
+        ratio = step_schedule(step, **schedule) / (
+            step_schedule(step - 1, **schedule) if step > 0 else 1.0
+        )
+        if ratio != 1.0:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= ratio
 
     def evaluate_batch(self, batch, stage):
         """Validation/test loss; in TEST also scores every utterance."""

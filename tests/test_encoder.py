@@ -61,3 +61,18 @@ def test_wrong_rank_is_a_clear_error(shape):
 def test_input_shorter_than_kernel_is_a_clear_error():
     with pytest.raises(ValueError, match="shorter than one encoder kernel"):
         WaveformEncoder(kernel_size=32)(torch.randn(2, 31))
+
+
+@pytest.mark.parametrize("kernel_size, channels", [(16, 9), (32, 17), (64, 33), (64, 256)])
+def test_inverse_filters_make_the_decoder_undo_the_encoder(kernel_size, channels):
+    torch.manual_seed(0)
+    encoder = WaveformEncoder(kernel_size=kernel_size, out_channels=channels)
+    stride = kernel_size // 4
+    decoder = Decoder(channels, 1, kernel_size, stride=stride, bias=False)
+    with torch.no_grad():
+        decoder.weight.copy_(encoder.inverse_filters())
+    x = torch.randn(2, 4000)
+    y = decoder(encoder(x))[..., :4000]  # [batch, time]
+    edge = kernel_size - stride  # covered by fewer than K / S frames
+    torch.testing.assert_close(y[:, edge:-edge], x[:, edge:-edge], atol=1e-4, rtol=1e-4)
+    assert (y[:, -1] - x[:, -1]).abs().max() > 1e-3  # the last samples are not covered

@@ -222,6 +222,41 @@ def test_wall_clock_budget_stops_training(datasets, tmp_path):
     assert read_results(out)[-1]["snt_id"] == "avg"
 
 
+def test_start_from_mixture_initialises_the_decoder_as_the_encoder_inverse(datasets, tmp_path):
+    # One step at a tiny learning rate: the saved decoder still inverts the saved encoder.
+    import torch
+
+    from speechbrain_s4m.lobes import WaveformEncoder
+
+    out = tmp_path / "out"
+    run(
+        train_command(
+            "WSJ0Mix", "s4m_tiny", datasets["WSJ0Mix"], out, "--N_epochs=1",
+            "--max_train_minutes=0.0001", "--start_from_mixture=True", "--lr=1e-9",
+        )
+    )
+    checkpoint = sorted((out / "save").glob("CKPT+*"))[-1]
+    encoder_weight = torch.load(checkpoint / "encoder.ckpt")["weight"]
+    decoder_weight = torch.load(checkpoint / "decoder.ckpt")["weight"]
+    encoder = WaveformEncoder(kernel_size=encoder_weight.shape[-1], out_channels=encoder_weight.shape[0])
+    with torch.no_grad():
+        encoder.weight.copy_(encoder_weight)
+    torch.testing.assert_close(decoder_weight, encoder.inverse_filters(), atol=1e-5, rtol=1e-3)
+
+
+def test_start_from_mixture_needs_the_s4m_lobes():
+    from speechbrain.lobes.models.dual_path import Decoder, Encoder
+
+    from speechbrain_s4m.lobes import S4MMaskNet, WaveformEncoder
+    from speechbrain_s4m.separation import start_from_mixture
+
+    masknet = S4MMaskNet(17, hidden_channels=16, num_blocks=1)
+    with pytest.raises(ValueError, match="WaveformEncoder and S4MMaskNet, got Encoder"):
+        start_from_mixture(Encoder(32, 17), masknet, Decoder(17, 1, 32, stride=8, bias=False))
+    with pytest.raises(ValueError, match=r"weight shape \(17, 1, 32\) and stride 8"):
+        start_from_mixture(WaveformEncoder(32), masknet, Decoder(17, 1, 32, stride=16, bias=False))
+
+
 def test_dynamic_mixing_from_librispeech_with_a_speaker_list(datasets, tmp_path):
     folder = make_librispeech_folder(tmp_path, n_speakers=4, n_utts=2)
     speakers = tmp_path / "train_speakers.txt"

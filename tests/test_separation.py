@@ -218,20 +218,48 @@ def test_optimizer_state_saved_in_another_parameter_order_is_left_out(tmp_path, 
     assert "resuming with a fresh optimizer state" in caplog.text
 
 
+def _scheduled_rates(brain, steps, before_step=None):
+    """The rates of both groups at each optimizer step, as fit_batch sets them."""
+    seen = []
+    for step in range(steps):
+        brain.optimizer_step = step  # SpeechBrain's counter of optimizer steps taken
+        if before_step is not None:
+            before_step(step)
+        brain._schedule_learning_rate()
+        seen.append([group["lr"] for group in brain.optimizer.param_groups])
+    assert len(seen[0]) == 2 and all(lrs[0] == lrs[1] for lrs in seen)  # both groups
+    return [round(lrs[0], 7) for lrs in seen]
+
+
 def test_learning_rate_warms_up_linearly_then_holds(tmp_path):
     brain = _recipe_brain(tmp_path, "lr_warmup_steps: 4", "lr: 0.002")
-    seen = []
-    for step in range(6):
-        brain.optimizer_step = step  # SpeechBrain's counter of optimizer steps taken
-        brain._warm_up_learning_rate()
-        seen.append([group["lr"] for group in brain.optimizer.param_groups])
-    assert len(seen[0]) == 2  # both groups (untagged and SSM) warm up
-    assert [round(lrs[0], 6) for lrs in seen] == [0.0005, 0.001, 0.0015, 0.002, 0.002, 0.002]
-    assert all(lrs[0] == lrs[1] for lrs in seen)
+    assert _scheduled_rates(brain, 6) == [0.0005, 0.001, 0.0015, 0.002, 0.002, 0.002]
 
 
-def test_no_warm_up_by_default(tmp_path):
-    brain = _recipe_brain(tmp_path)
+def test_learning_rate_warms_up_then_decays_by_half_cosine(tmp_path):
+    brain = _recipe_brain(tmp_path, "lr_warmup_steps: 2", "lr_decay_steps: 2", "lr_decay_final: 0.1")
+    assert _scheduled_rates(brain, 6) == [0.0005, 0.001, 0.001, 0.00055, 0.0001, 0.0001]
+
+
+def test_learning_rate_schedule_keeps_a_plateau_halving(tmp_path):
+    # ReduceLROnPlateau halves the rate after a validation; the decay goes on from there.
+    brain = _recipe_brain(tmp_path, "lr_decay_steps: 2", "lr_decay_final: 0.1")
+
+    def halve_before_step_1(step):
+        if step == 1:
+            for group in brain.optimizer.param_groups:
+                group["lr"] /= 2
+
+    assert _scheduled_rates(brain, 4, halve_before_step_1) == [0.001, 0.000275, 0.00005, 0.00005]
+
+
+def test_learning_rate_schedule_rejects_a_final_fraction_out_of_range(tmp_path):
+    brain = _recipe_brain(tmp_path, "lr_decay_steps: 2", "lr_decay_final: 0")
     brain.optimizer_step = 0
-    brain._warm_up_learning_rate()
-    assert [group["lr"] for group in brain.optimizer.param_groups] == [0.001, 0.001]
+    with pytest.raises(ValueError, match="lr_decay_final"):
+        brain._schedule_learning_rate()
+
+
+def test_no_schedule_by_default(tmp_path):
+    brain = _recipe_brain(tmp_path)
+    assert _scheduled_rates(brain, 3) == [0.001] * 3

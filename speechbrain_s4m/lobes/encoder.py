@@ -57,6 +57,47 @@ class WaveformEncoder(nn.Conv1d):
         this on every module before training."""
         nn.init.xavier_uniform_(self.weight)
 
+    def inverse_filters(self) -> torch.Tensor:
+        """Filters ``[E, 1, K]`` of a ``ConvTranspose1d`` with this kernel and stride
+        (SpeechBrain's ``Decoder``) that inverts this encoder: decoding the encoding
+        returns the input, except in the first and last ``K - S`` samples, which fewer
+        frames cover. They are the minimum-norm solution of the perfect-reconstruction
+        equations. With ``D`` the decoder's and ``W`` the encoder's filters,
+        ``G = D^T W`` (``[K, K]``) must satisfy, for every phase ``p < S`` and lag
+        ``m``, ``sum_j G[p + jS, p + jS + m] = [m == 0]`` over the ``K / S`` frames
+        ``j`` that overlap (indices outside ``[0, K)`` drop out). Each phase is one
+        least-squares problem in the columns ``D[:, p + jS]``, solved in float64.
+
+        Example
+        -------
+        >>> encoder = WaveformEncoder(kernel_size=32)
+        >>> decoder = nn.ConvTranspose1d(17, 1, kernel_size=32, stride=8, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = decoder.weight.copy_(encoder.inverse_filters())
+        >>> x = torch.randn(1, 800)
+        >>> y = decoder(encoder(x))[0, 0, :800]  # [time]
+        >>> bool(torch.allclose(y[24:-24], x[0, 24:-24], atol=1e-4))
+        True
+        """
+        (K,), (S,) = self.kernel_size, self.stride
+        if K % S:
+            raise ValueError(
+                f"WaveformEncoder.inverse_filters: kernel_size {K} is not a multiple of the stride {S}"
+            )
+        W = self.weight.detach().double()[:, 0]  # [E, K]
+        E, J = W.shape[0], K // S  # J frames overlap each sample
+        padded = F.pad(W, (K, K))  # [E, 3K]: column c + K is w_c, zero outside [0, K)
+        D = torch.empty_like(W)
+        lags = torch.arange(-K + 1, K)  # m
+        for p in range(S):
+            rows = p + S * torch.arange(J)  # [J]: the rows p + jS of G
+            # system[m, j, e] = W[e, p + jS + m]: the lag-m equation's coefficients of D[e, p + jS]
+            system = padded[:, (rows[None, :] + lags[:, None]) + K].permute(1, 2, 0)  # [M, J, E]
+            target = (lags == 0).double()[:, None]  # [M, 1]
+            solution = torch.linalg.pinv(system.reshape(len(lags), J * E)) @ target  # [J * E, 1]
+            D[:, rows] = solution.view(J, E).T
+        return D.to(self.weight.dtype)[:, None]  # [E, 1, K]
+
     def num_frames(self, num_samples: int) -> int:
         """Number of frames produced for ``num_samples`` input samples."""
         (K,), (S,) = self.kernel_size, self.stride

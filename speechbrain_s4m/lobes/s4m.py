@@ -513,6 +513,26 @@ class S4MMaskNet(nn.Module):
         masks = self.mask_head(out[..., :L])  # [B, spks * E, L]
         return masks.view(batch, self.num_spks, E, L).transpose(0, 1)
 
+    def start_from_uniform_masks(self, weight_scale: float = 0.1) -> None:
+        """Re-initialise the mask head so that every mask starts near ``1 / num_spks``:
+        its last 1x1 convolution gets the bias ``1 / num_spks`` and its weights are
+        scaled by ``weight_scale``. With a decoder that inverts the encoder
+        (:meth:`WaveformEncoder.inverse_filters`), training then starts from estimates
+        close to ``mixture / num_spks``, and the ReLU passes gradients from the start.
+
+        Example
+        -------
+        >>> masknet = S4MMaskNet(in_channels=17, hidden_channels=32, num_blocks=1)
+        >>> masknet.start_from_uniform_masks()
+        >>> masks = masknet(torch.randn(3, 17, 101))  # [spks, batch, E, L]
+        >>> bool((masks - 0.5).abs().max() < 0.25)
+        True
+        """
+        head = self.mask_head[1]  # PointwiseConv1d(bottleneck, spks * E)
+        with torch.no_grad():
+            head.weight.mul_(weight_scale)
+            head.bias.fill_(1.0 / self.num_spks)
+
     def padded_length(self, length: int) -> int:
         """The length the blocks run at: ``length`` rounded up to a multiple of
         ``2^(S-1)`` frames (the padding frames are zeros after the bottleneck, and
