@@ -11,6 +11,7 @@ Authors
  * speechbrain-s4m contributors
 """
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -40,12 +41,28 @@ class RecipeArguments:
     settings: Dict[str, Any]  # top-level scalar hparams, references resolved
 
 
+def _whole_number_step_limit(run_opts):
+    """SpeechBrain 1.1 parses ``--optimizer_step_limit`` as a string (its default is
+    None, so argparse gets no type); return the run options with the int its Brain
+    compares with."""
+    limit = run_opts.optimizer_step_limit
+    if limit is None or isinstance(limit, int):
+        return run_opts
+    try:
+        return dataclasses.replace(run_opts, optimizer_step_limit=int(limit))
+    except ValueError:
+        raise ValueError(
+            f"--optimizer_step_limit: expected a whole number of optimizer steps, got {limit!r}"
+        ) from None
+
+
 def parse_arguments(argv: Sequence[str]) -> RecipeArguments:
     """Parse ``train.py hparams/X.yaml [--option value ...]`` as SpeechBrain does and
     read the YAML's top-level scalar options *without* building any object, so that a
     wrong ``data_folder`` stops the run before a model is built. Also joins the DDP
     process group when launched with ``torchrun``."""
     hparams_file, run_opts, overrides = sb.parse_arguments(list(argv))
+    run_opts = _whole_number_step_limit(run_opts)
     with open(hparams_file, encoding="utf-8") as f:
         resolved = resolve_references(f, overrides).getvalue()
     tree = YAML(typ="rt").load(resolved)

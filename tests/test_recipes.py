@@ -222,6 +222,26 @@ def test_wall_clock_budget_stops_training(datasets, tmp_path):
     assert read_results(out)[-1]["snt_id"] == "avg"
 
 
+def test_optimizer_step_limit_stops_training(datasets, tmp_path):
+    out = tmp_path / "out"
+    run(
+        train_command(
+            "WSJ0Mix", "s4m_tiny", datasets["WSJ0Mix"], out, "--N_epochs=50",
+            "--optimizer_step_limit=3", "--batch_size=1",
+        )
+    )
+    epoch, steps, _ = _brain_state(out / "save")
+    assert steps == 3  # SpeechBrain's run option, given on the command line as a string
+
+
+def test_optimizer_step_limit_must_be_a_whole_number(tmp_path):
+    from speechbrain_s4m.recipe import parse_arguments
+
+    yaml_path = REPO / "recipes" / "WSJ0Mix" / "separation" / "hparams" / "s4m_tiny.yaml"
+    with pytest.raises(ValueError, match="--optimizer_step_limit: expected a whole number .* got '1.5'"):
+        parse_arguments([str(yaml_path), f"--data_folder={tmp_path}", "--optimizer_step_limit=1.5"])
+
+
 def test_start_from_mixture_initialises_the_decoder_as_the_encoder_inverse(datasets, tmp_path):
     # One step at a tiny learning rate: the saved decoder still inverts the saved encoder.
     import torch
