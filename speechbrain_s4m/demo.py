@@ -49,7 +49,7 @@ class DemoBudget:
     num_train: int = 2000
     num_dev: int = 40
     num_test: int = 100
-    train_steps: int = 2000
+    train_steps: int = 2400
     warmup_steps: int = 100
     train_minutes: float = 13.0
     overrides: List[str] = field(
