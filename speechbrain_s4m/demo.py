@@ -3,7 +3,8 @@
 1. Generate (or reuse) a two-speaker dataset of synthesized speech in the Libri2Mix
    layout (:mod:`speechbrain_s4m.data.synthetic`).
 2. Train S4M-tiny with the LibriMix recipe (``recipes/LibriMix/separation/train.py
-   hparams/s4m_tiny.yaml``) within a wall-clock budget, by YAML overrides only.
+   hparams/s4m_tiny.yaml``) for a fixed number of optimizer steps (a wall-clock
+   guard stops a much slower machine early), by YAML overrides only.
 3. Evaluate it on the test split (the recipe writes ``test_results.csv``).
 4. Export the model for SpeechBrain's ``SepformerSeparation`` (``s4m-export``).
 5. Separate one test mixture with ``s4m-separate``.
