@@ -216,6 +216,12 @@ class LongAudioSeparator:
                 f"LongAudioSeparator: {mix.shape[0]} samples is shorter than the encoder "
                 f"kernel ({self.min_samples} samples)"
             )
+        bad = non_finite_count(mix)
+        if bad:
+            raise ValueError(
+                f"LongAudioSeparator: {bad} of {mix.shape[0]} samples are not finite (NaN or "
+                f"Inf); expected finite audio"
+            )
         with torch.inference_mode():
             return separate_in_chunks(
                 self.separator.separate_batch, mix, self.chunk_samples, self.overlap_samples
@@ -225,7 +231,8 @@ class LongAudioSeparator:
         """Read, down-mix to mono, resample to the model's rate and separate a file.
 
         Returns ``[time, spks]`` at the model's sample rate. Raises ``ValueError``
-        naming the file when it is unreadable, empty or shorter than the encoder kernel.
+        naming the file when it is unreadable, empty, shorter than the encoder kernel or
+        holds non-finite (NaN or Inf) samples.
         """
         mix = self.load(path)
         return self.separate_tensor(mix)
@@ -236,6 +243,12 @@ class LongAudioSeparator:
         if info.num_frames == 0:
             raise ValueError(f"{path}: the file is empty (no audio samples)")
         mix, rate = read_audio(path)
+        bad = non_finite_count(mix)
+        if bad:  # before resampling, which would spread them
+            raise ValueError(
+                f"{path}: {bad} of {mix.shape[0]} samples are not finite (NaN or Inf); "
+                f"nothing was separated"
+            )
         if rate != self.sample_rate:
             mix = resample(mix, rate, self.sample_rate)
         if mix.shape[0] < self.min_samples:
@@ -244,6 +257,17 @@ class LongAudioSeparator:
                 f"encoder kernel ({self.min_samples} samples at {self.sample_rate} Hz)"
             )
         return mix
+
+
+def non_finite_count(signal: torch.Tensor) -> int:
+    """Number of NaN or infinite samples in ``signal``.
+
+    Example
+    -------
+    >>> non_finite_count(torch.tensor([0.0, float("nan"), 1.0, float("inf")]))
+    2
+    """
+    return int((~torch.isfinite(signal)).sum())
 
 
 def encoder_kernel_size(encoder: torch.nn.Module) -> int:

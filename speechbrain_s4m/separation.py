@@ -453,9 +453,19 @@ class SeparationBrain(sb.Brain):
             ) from error
 
     def fit_batch(self, batch):
-        """One optimisation step, skipping batches whose loss is not finite or is
-        above ``loss_upper_lim`` (counted and logged)."""
+        """One optimisation step, skipping batches whose audio or loss is not finite
+        or whose loss is above ``loss_upper_lim`` (counted and logged)."""
         mixture, targets, noise = self._batch_signals(batch)
+        bad_files = self._non_finite_examples(batch, mixture, targets, noise)
+        if bad_files:
+            self.skipped_batches += 1
+            logger.warning(
+                f"Skipping a batch with non-finite audio (NaN or Inf) in {', '.join(bad_files)}; "
+                f"{self.skipped_batches} skipped so far"
+            )
+            loss = torch.zeros((), device=self.device)
+            self.on_fit_batch_end(batch, None, loss, False)
+            return loss.detach().cpu()
         with self.training_ctx:
             predictions, targets = self.compute_forward(
                 mixture, targets, sb.Stage.TRAIN, noise
@@ -485,6 +495,15 @@ class SeparationBrain(sb.Brain):
             loss = torch.zeros((), device=self.device)
         self.on_fit_batch_end(batch, predictions, loss, True)
         return loss.detach().cpu()
+
+    @staticmethod
+    def _non_finite_examples(batch, mixture, targets, noise) -> List[str]:
+        """The ids of the examples whose mixture, sources or noise hold NaN or Inf."""
+        signals = [mixture, *targets] + ([noise] if noise is not None else [])
+        finite = torch.stack(
+            [torch.isfinite(signal.data).flatten(1).all(1) for signal in signals]
+        ).all(0)  # [batch]
+        return [str(snt_id) for snt_id, ok in zip(batch.id, finite.tolist()) if not ok]
 
     def _schedule_learning_rate(self) -> None:
         """Apply :func:`step_schedule` (hparams ``lr_warmup_steps``, ``lr_decay_steps``,

@@ -212,6 +212,9 @@ def test_cli_bad_inputs_get_one_clear_line_each(inputs, model_dir, tmp_path, cap
     (bad / "notaudio.wav").write_text("this is not audio")
     _write(bad / "empty.wav", np.zeros(0), 8000)
     _write(bad / "short.wav", np.zeros(10), 8000)
+    data, rate = sf.read(str(inputs / "good0.wav"))
+    data[1000:1100] = np.nan
+    sf.write(str(bad / "nan.wav"), data, rate, subtype="FLOAT")  # float WAV: NaN survives
     out = tmp_path / "out"
     status = separate_main(
         ["--model", model_dir, str(bad), str(inputs / "good0.wav"), "--out", str(out)]
@@ -221,8 +224,20 @@ def test_cli_bad_inputs_get_one_clear_line_each(inputs, model_dir, tmp_path, cap
     assert f"{bad / 'notaudio.wav'}: Could not read" in err
     assert f"{bad / 'empty.wav'}: the file is empty" in err
     assert f"{bad / 'short.wav'}: 10 samples at 8000 Hz is shorter than the encoder kernel" in err
-    assert "3 of 4 input(s) failed" in err
+    assert f"{bad / 'nan.wav'}: 100 of {len(data)} samples are not finite (NaN or Inf)" in err
+    assert "4 of 5 input(s) failed" in err
     assert sorted(os.listdir(out)) == ["good0_s1.wav", "good0_s2.wav"]  # the rest still done
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+def test_long_audio_separator_refuses_non_finite_audio(model_dir, bad_value):
+    from speechbrain_s4m.separate import LongAudioSeparator
+
+    separator = LongAudioSeparator.from_folder(model_dir)
+    mix = torch.zeros(8000)
+    mix[10] = bad_value
+    with pytest.raises(ValueError, match="1 of 8000 samples are not finite"):
+        separator.separate_tensor(mix)
 
 
 def test_cli_console_script_help():

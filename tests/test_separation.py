@@ -263,3 +263,27 @@ def test_learning_rate_schedule_rejects_a_final_fraction_out_of_range(tmp_path):
 def test_no_schedule_by_default(tmp_path):
     brain = _recipe_brain(tmp_path)
     assert _scheduled_rates(brain, 3) == [0.001] * 3
+
+
+def test_a_batch_with_non_finite_audio_is_skipped_and_named(tmp_path, caplog):
+    import torch
+    from speechbrain.dataio.batch import PaddedBatch
+
+    brain = _recipe_brain(tmp_path, "use_speedperturb: False", "threshold_byloss: False")
+    brain.skipped_batches = 0
+    brain.fit_start_time = 0.0
+    before = {name: p.detach().clone() for name, p in brain.modules.named_parameters()}
+
+    def example(snt_id, bad):
+        sources = torch.randn(2, 800)
+        if bad:
+            sources[1, 100] = float("nan")
+        return {"id": snt_id, "mix_sig": sources.sum(0), "s1_sig": sources[0], "s2_sig": sources[1]}
+
+    batch = PaddedBatch([example("clean-one", False), example("broken-one", True)])
+    loss = brain.fit_batch(batch)
+    assert loss.item() == 0.0 and brain.skipped_batches == 1
+    assert "non-finite audio (NaN or Inf) in broken-one" in caplog.text
+    assert "clean-one" not in caplog.text
+    for name, p in brain.modules.named_parameters():
+        assert torch.equal(p, before[name]), name  # no step taken
