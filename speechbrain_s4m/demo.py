@@ -43,9 +43,9 @@ class DemoBudget:
     The full demo trains a narrower, shallower S4M-tiny, by YAML overrides only:
     2 unfolded passes of a 128-channel block instead of 16 of 512, an 8 ms encoder
     kernel with 256 basis channels instead of 4 ms and 17, batch 4 of random 2 s
-    crops, lr 2e-3, and ``start_from_mixture`` (a decoder that inverts the encoder and masks near 1/2, so
-    the first estimates are about half the mixture). What each choice gave on a
-    2-core CPU is in the README (Quick start)."""
+    crops, lr 2e-3, and ``start_from_mixture`` (a decoder that inverts the encoder
+    and masks near 1/2, so the first estimates are about half the mixture). What
+    each choice gave on a 2-core CPU is in the README (Quick start)."""
 
     num_train: int = 2000
     num_dev: int = 40
@@ -229,8 +229,15 @@ def run_demo(workdir: Path, budget: DemoBudget, retrain: bool = False, seed: int
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default="results/demo", help="where everything is written")
-    parser.add_argument("--train-steps", type=int, default=None, help=f"optimizer steps to train (default {DemoBudget.train_steps})")
-    parser.add_argument("--train-minutes", type=float, default=None, help=f"stop training after this many minutes even if steps are left (default {DemoBudget.train_minutes:g})")
+    parser.add_argument(
+        "--train-steps", type=int, default=None,
+        help=f"optimizer steps to train (default {DemoBudget.train_steps})",
+    )
+    parser.add_argument(
+        "--train-minutes", type=float, default=None,
+        help=f"stop training after this many minutes even if steps are left "
+        f"(default {DemoBudget.train_minutes:g})",
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny budget (seconds): the test suite's run")
     parser.add_argument("--retrain", action="store_true", help="train again even if a finished run exists")
     parser.add_argument("--seed", type=int, default=0)
