@@ -29,7 +29,7 @@ Sections (``--sections``, all by default):
   building the model and a 0.25 s warm-up; the peak is reset to that point through
   /proc/self/clear_refs; without /proc, ``ru_maxrss`` after minus before), and
   ``--long-seconds`` of audio (10 minutes by default) through the long-audio path
-  (:func:`speechbrain_s4m.separate.separate_in_chunks`, 10 s chunks, 2 s overlap).
+  (:func:`speechbrain_s4m.long_audio.separate_in_chunks`, 10 s chunks, 2 s overlap).
 
 Every figure is also given as a ratio to Sepformer's, measured in the same run, and
 the targets of the efficiency issue are checked (PASS / MISS lines). The tables are
@@ -61,6 +61,7 @@ import torch
 from torch import nn
 
 from speechbrain_s4m.lobes.s4 import S4, fft_length
+from speechbrain_s4m.separator import EncoderMaskerDecoder
 from speechbrain_s4m.resources import (
     current_rss_bytes,
     keep_freed_memory,
@@ -125,39 +126,7 @@ MAC counting rule (1 MAC = one real multiply-accumulate; batch 1, 1 s of 16 kHz 
 
 
 # ------------------------------------------------------------------------- models
-class Separator(nn.Module):
-    """SpeechBrain's separation forward pass as one module: ``[batch, time] ->
-    [batch, time, spks]``.
-
-    ``mix_w = encoder(mix)``, ``masks = masknet(mix_w)`` ``[spks, batch, E, L]``,
-    ``est_s = decoder(mix_w * masks[s])``, padded or trimmed to the mixture length.
-
-    Example
-    -------
-    >>> from speechbrain.lobes.models.dual_path import Decoder
-    >>> from speechbrain_s4m.lobes import S4MMaskNet, WaveformEncoder
-    >>> model = Separator(WaveformEncoder(16), S4MMaskNet(9, hidden_channels=16,
-    ...     num_blocks=1), Decoder(9, 1, 16, stride=4, bias=False))
-    >>> model(torch.randn(2, 1000)).shape
-    torch.Size([2, 1000, 2])
-    """
-
-    def __init__(self, encoder: nn.Module, masknet: nn.Module, decoder: nn.Module):
-        super().__init__()
-        self.encoder = encoder
-        self.masknet = masknet
-        self.decoder = decoder
-
-    def forward(self, mix: torch.Tensor) -> torch.Tensor:
-        mix_w = self.encoder(mix)
-        masks = self.masknet(mix_w)  # [spks, batch, E, L]
-        estimates = torch.cat(
-            [self.decoder(mix_w * mask).unsqueeze(-1) for mask in masks], dim=-1
-        )  # [batch, time', spks]
-        T, T_est = mix.shape[-1], estimates.shape[1]
-        if T_est < T:
-            estimates = nn.functional.pad(estimates, (0, 0, 0, T - T_est))
-        return estimates[:, :T]
+Separator = EncoderMaskerDecoder  # the one forward pass, shared with the Brain
 
 
 def build_model(name: str, sample_rate: int = SAMPLE_RATE) -> Separator:
@@ -906,7 +875,7 @@ def _scaling_measurement(spec: Dict[str, object]) -> Dict[str, object]:
 def _timed_forwards(model, mix, spec, sample_rate, runs, budget) -> str:
     with torch.inference_mode():
         if spec.get("long_audio"):
-            from speechbrain_s4m.separate import separate_in_chunks
+            from speechbrain_s4m.long_audio import separate_in_chunks
 
             chunk, overlap = float(spec.get("chunk_s", 10.0)), float(spec.get("overlap_s", 2.0))
             start = time.perf_counter()
@@ -940,10 +909,10 @@ def run_scaling_subprocess(spec: Dict[str, object], timeout: float = 3600.0) -> 
 
 
 def long_audio_available() -> bool:
-    """Whether the long-audio path (``speechbrain_s4m.separate.separate_in_chunks``)
+    """Whether the long-audio path (``speechbrain_s4m.long_audio.separate_in_chunks``)
     exists in this installation."""
     try:
-        from speechbrain_s4m.separate import separate_in_chunks  # noqa: F401
+        from speechbrain_s4m.long_audio import separate_in_chunks  # noqa: F401
     except ImportError:
         return False
     return True

@@ -1,9 +1,10 @@
 """One separation Brain shared by every recipe (WSJ0Mix, LibriMix, LRS2Mix) and every
 backbone (S4M, S4M-tiny, SpeechBrain's Sepformer).
 
-The forward pass is SpeechBrain's: ``mix_w = Encoder(mix)``, ``masks = MaskNet(mix_w)``
-``[spks, batch, E, L]``, ``est_s = Decoder(mix_w * masks[s])``, padded or trimmed to the
-mixture length. Training follows SpeechBrain's separation recipes (uPIT SI-SNR loss,
+The forward pass is SpeechBrain's, written once in
+:class:`~speechbrain_s4m.separator.EncoderMaskerDecoder`: ``mix_w = Encoder(mix)``,
+``masks = MaskNet(mix_w)`` ``[spks, batch, E, L]``, ``est_s = Decoder(mix_w * masks[s])``,
+padded or trimmed to the mixture length. Training follows SpeechBrain's separation recipes (uPIT SI-SNR loss,
 loss threshold and upper limit, skipped non-finite losses, gradient clipping, mixed
 precision, LR scheduler, speed perturbation, random crops) and adds early stopping and a
 single-pass test evaluation that writes ``test_results.csv``.
@@ -21,7 +22,6 @@ import zipfile
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
-import torch.nn.functional as F
 import speechbrain as sb
 from speechbrain.nnet.schedulers import ReduceLROnPlateau, update_learning_rate
 from speechbrain.utils.checkpoints import (
@@ -35,7 +35,8 @@ from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 from speechbrain_s4m.metrics import separation_metrics
 from speechbrain_s4m.resources import peak_memory_gb
-from speechbrain_s4m.separate import separate_in_chunks
+from speechbrain_s4m.long_audio import separate_in_chunks
+from speechbrain_s4m.separator import EncoderMaskerDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -322,6 +323,15 @@ class SeparationBrain(sb.Brain):
     for noisy mixtures, ``noise_sig`` (added back after speed perturbation).
     """
 
+    _separator: Optional[EncoderMaskerDecoder] = None
+
+    @property
+    def separator(self) -> EncoderMaskerDecoder:
+        """The one forward pass, over the hparams' lobes (not copies of them)."""
+        if self._separator is None:
+            self._separator = EncoderMaskerDecoder(self.hparams.Encoder, self.hparams.MaskNet, self.hparams.Decoder)
+        return self._separator
+
     # ------------------------------------------------------------------ forward
     def separate(self, mix: torch.Tensor) -> torch.Tensor:
         """Separate a batch of mixtures ``[batch, time] -> [batch, time, spks]``.
@@ -333,21 +343,9 @@ class SeparationBrain(sb.Brain):
             rate = self.hparams.sample_rate
             if mix.shape[1] > chunk * rate:
                 overlap = int(self.hparams.eval_overlap_seconds * rate)
-                chunked = separate_in_chunks(self._separate_whole, mix[0], int(chunk * rate), overlap)
+                chunked = separate_in_chunks(self.separator, mix[0], int(chunk * rate), overlap)
                 return chunked[None].to(mix.device)
-        return self._separate_whole(mix)
-
-    def _separate_whole(self, mix: torch.Tensor) -> torch.Tensor:
-        mix_w = self.hparams.Encoder(mix)  # [batch, E, L]
-        masks = self.hparams.MaskNet(mix_w)  # [spks, batch, E, L]
-        estimates = torch.stack(
-            [self.hparams.Decoder(mix_w * masks[s]) for s in range(self.hparams.num_spks)],
-            dim=-1,
-        )  # [batch, time', spks]
-        T, T_est = mix.shape[1], estimates.shape[1]
-        if T > T_est:
-            return F.pad(estimates, (0, 0, 0, T - T_est))
-        return estimates[:, :T, :]
+        return self.separator(mix)
 
     def compute_forward(self, mix, targets, stage, noise=None):
         """Mixture (``PaddedData``) and target list -> ``(estimates, targets)``, both

@@ -15,7 +15,8 @@ from speechbrain.inference.separation import SepformerSeparation
 
 from speechbrain_s4m.export import export_model
 from speechbrain_s4m.metrics import si_snr
-from speechbrain_s4m.separate import LongAudioSeparator, main as separate_main, separate_in_chunks
+from speechbrain_s4m.long_audio import LongAudioSeparator, separate_in_chunks
+from speechbrain_s4m.separate import main as separate_main
 
 sys.path.insert(0, os.path.dirname(__file__))
 from tiny_datasets import make_librimix  # noqa: E402
@@ -140,7 +141,7 @@ sys.path.insert(0, {str(REPO)!r})
 from speechbrain.inference.separation import SepformerSeparation
 from speechbrain.lobes.models.dual_path import Decoder
 from speechbrain_s4m.lobes import S4MMaskNet, WaveformEncoder
-from speechbrain_s4m.separate import LongAudioSeparator
+from speechbrain_s4m.long_audio import LongAudioSeparator
 torch.set_num_threads(2)
 modules = {{"encoder": WaveformEncoder(32), "masknet": S4MMaskNet(17, num_blocks=2, decoder_s4=False),
            "decoder": Decoder(17, 1, 32, stride=8, bias=False)}}
@@ -231,7 +232,7 @@ def test_cli_bad_inputs_get_one_clear_line_each(inputs, model_dir, tmp_path, cap
 
 @pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
 def test_long_audio_separator_refuses_non_finite_audio(model_dir, bad_value):
-    from speechbrain_s4m.separate import LongAudioSeparator
+    from speechbrain_s4m.long_audio import LongAudioSeparator
 
     separator = LongAudioSeparator.from_folder(model_dir)
     mix = torch.zeros(8000)

@@ -250,3 +250,14 @@ def read_segment(
     if signal.numel() < length:
         signal = torch.nn.functional.pad(signal, (0, length - signal.numel()))
     return signal.contiguous()
+
+
+def non_finite_count(signal: torch.Tensor) -> int:
+    """Number of NaN or infinite samples in ``signal``.
+
+    Example
+    -------
+    >>> non_finite_count(torch.tensor([0.0, float("nan"), 1.0, float("inf")]))
+    2
+    """
+    return int((~torch.isfinite(signal)).sum())
