@@ -15,7 +15,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 from tiny_datasets import make_librimix, make_lrs2mix, make_wsj0mix  # noqa: E402
 
 from speechbrain_s4m.data.preparation import (  # noqa: E402
-    OPTIONS_FILE,
     prepare_librimix,
     prepare_lrs2mix,
     prepare_separation_data,
@@ -78,12 +77,12 @@ def test_wsj0mix(tmp_path, sample_rate, mode, num_spks):
     check_manifests(paths, save, columns, {"train": 4, "valid": 2, "test": 2}, sample_rate)
     header, rows = read_csv(paths["valid"])
     assert f"/wav{sample_rate // 1000}k/{mode}/cv/mix/" in rows[0]["mix_wav"]
-    with open(save / OPTIONS_FILE, encoding="utf-8") as f:
+    with open(save / "preparation_options.json", encoding="utf-8") as f:
         record = json.load(f)
-    assert record == {
+    assert record["options"] == {
         "dataset": "wsj0mix",
         "data_folder": os.path.abspath(root),
-        "options": {"sample_rate": sample_rate, "mode": mode, "num_spks": num_spks},
+        "sample_rate": sample_rate, "mode": mode, "num_spks": num_spks,
     }
 
 
@@ -131,8 +130,8 @@ def test_librimix_parent_or_child_folder(tmp_path):
     from_child = prepare_librimix(os.path.join(root, "Libri2Mix"), save)
     assert from_child == from_parent
     assert mtimes(save) == stamps  # same resolved folder and options: skipped
-    with open(save / OPTIONS_FILE, encoding="utf-8") as f:
-        assert json.load(f)["data_folder"] == os.path.join(os.path.abspath(root), "Libri2Mix")
+    with open(save / "preparation_options.json", encoding="utf-8") as f:
+        assert json.load(f)["options"]["data_folder"] == os.path.join(os.path.abspath(root), "Libri2Mix")
 
 
 def test_lrs2mix(tmp_path):
@@ -183,7 +182,7 @@ def test_second_call_skips_and_changed_options_reprepare(tmp_path):
     assert all(mtimes(save)[name] > stamps[name] for name in stamps)
     header, rows = read_csv(first["train"])
     assert header[-1] == "noise_wav" and "/mix_both/" in rows[0]["mix_wav"]
-    with open(save / OPTIONS_FILE, encoding="utf-8") as f:
+    with open(save / "preparation_options.json", encoding="utf-8") as f:
         assert json.load(f)["options"]["mixture_type"] == "mix_both"
 
 

@@ -12,7 +12,6 @@ import soundfile as sf
 from speechbrain_s4m.data import espeak
 from speechbrain_s4m.data.preparation import prepare_librimix
 from speechbrain_s4m.data.synthetic import (
-    OPTIONS_FILE,
     main,
     make_speakers,
     make_synthetic_librimix,
@@ -137,7 +136,7 @@ def test_layout_levels_and_mixing(tiny):
             rows = list(csv.DictReader(f))
         voices[split] = {r["s1_voice"] for r in rows} | {r["s2_voice"] for r in rows}
     assert not voices["train-100"] & voices["test"]
-    with open(os.path.join(tiny, OPTIONS_FILE), encoding="utf-8") as f:
+    with open(os.path.join(tiny, "synthetic_options.json"), encoding="utf-8") as f:
         options = json.load(f)["options"]
     assert options["seed"] == 3 and options["sample_rate"] == 8000
     assert options["num_train"] == 4 and "version" in options
@@ -169,7 +168,7 @@ def test_deterministic_and_reused(tiny, tmp_path, capsys):
             assert a.read() == b.read(), rel
 
     mtimes = {p: os.stat(p).st_mtime_ns for p in second.values()}
-    options_path = os.path.join(other, OPTIONS_FILE)
+    options_path = os.path.join(other, "synthetic_options.json")
     options_mtime = os.stat(options_path).st_mtime_ns
     assert make_synthetic_librimix(other, **{**TINY, "progress": True}) == other
     assert "reusing" in capsys.readouterr().err
@@ -192,7 +191,7 @@ def test_refuses_to_overwrite_then_force(tmp_path, capsys):
     make_synthetic_librimix(root, force=True, **changed)
     train = os.path.join(root, "Libri2Mix", "wav8k", "min", "train-100", "mix_clean")
     assert len(os.listdir(train)) == 5
-    with open(os.path.join(root, OPTIONS_FILE), encoding="utf-8") as f:
+    with open(os.path.join(root, "synthetic_options.json"), encoding="utf-8") as f:
         assert json.load(f)["options"]["num_train"] == 5
 
 

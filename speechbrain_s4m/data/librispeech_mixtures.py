@@ -28,9 +28,10 @@ import soundfile as sf
 from tqdm import tqdm
 
 from speechbrain_s4m.data.dynamic_mixing import DynamicMixingDataset
+from speechbrain_s4m.data.options_stamp import OptionsStamp
 
 SPLIT_FOLDERS = {"train": "train-100", "valid": "dev", "test": "test"}
-OPTIONS_FILE = "librimix_options.json"
+STAMP_KIND = "librimix"  # <out_folder>/librimix_options.json
 
 
 def read_genders(librispeech_folder: str) -> Dict[str, str]:
@@ -113,18 +114,13 @@ def make_librimix_from_librispeech(
         "test_speakers": test_speakers, "valid_speakers": valid_speakers,
         "sample_rate": sample_rate, "segment_seconds": segment_seconds, "seed": seed,
     }
-    options_path = os.path.join(out_folder, OPTIONS_FILE)
+    stamp = OptionsStamp(out_folder, STAMP_KIND, options)
     speakers_path = os.path.join(out_folder, "speakers.json")
-    if os.path.isfile(options_path) and os.path.isfile(speakers_path):
-        with open(options_path, encoding="utf-8") as f:
-            if json.load(f) == options:
-                with open(speakers_path, encoding="utf-8") as g:
-                    return json.load(g)
-    if os.path.isdir(out_folder) and os.listdir(out_folder) and not force:
-        raise FileExistsError(
-            f"{out_folder} exists and was not made with these options; choose another "
-            "folder or pass --force to replace its mixtures"
-        )
+    if stamp.matches() and os.path.isfile(speakers_path):
+        with open(speakers_path, encoding="utf-8") as g:
+            return json.load(g)
+    if os.path.isdir(out_folder) and os.listdir(out_folder):
+        stamp.refuse_overwrite(out_folder, "s4m-make-librimix", force)
 
     all_speakers = DynamicMixingDataset(
         librispeech_folder, layout="librispeech", sample_rate=sample_rate, num_examples=1
@@ -133,8 +129,7 @@ def make_librimix_from_librispeech(
         all_speakers, read_genders(librispeech_folder), test_speakers, valid_speakers, seed
     )
     layout = os.path.join(out_folder, "Libri2Mix", f"wav{sample_rate // 1000}k", "min")
-    if os.path.exists(options_path):
-        os.remove(options_path)  # stale until every file is written
+    stamp.clear()  # stale until every file is written
     for index, (split, count) in enumerate(
         (("train", num_train), ("valid", num_valid), ("test", num_test))
     ):
@@ -160,8 +155,7 @@ def make_librimix_from_librispeech(
         json.dump(splits, f, indent=2)
     with open(os.path.join(out_folder, "train_speakers.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(splits["train"]) + "\n")
-    with open(options_path, "w", encoding="utf-8") as f:
-        json.dump(options, f, indent=2, sort_keys=True)
+    stamp.write()
     return splits
 
 

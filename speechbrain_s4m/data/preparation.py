@@ -10,7 +10,7 @@ absolute paths and ``duration`` in seconds (read from the file headers). Sources
 matched to mixtures by file name.
 
 It also writes ``<save_folder>/preparation_options.json`` (dataset, resolved data
-folder and options). A later call with the same options and all three CSVs present does
+folder and options; :class:`~speechbrain_s4m.data.options_stamp.OptionsStamp`). A later call with the same options and all three CSVs present does
 nothing; a call with other options writes the CSVs again.
 
 Layouts (``<sr>`` is ``wav8k`` or ``wav16k``, ``<mode>`` is ``min`` or ``max``):
@@ -28,17 +28,17 @@ Authors
 
 import csv
 import inspect
-import json
 import logging
 import os
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from speechbrain_s4m.data.audio import audio_info
+from speechbrain_s4m.data.options_stamp import OptionsStamp
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
-OPTIONS_FILE = "preparation_options.json"
+STAMP_KIND = "preparation"  # <save_folder>/preparation_options.json
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -113,6 +113,7 @@ def _split_rows(
 
 
 def _prepare(
+    *,
     dataset: str,
     data_folder: str,
     save_folder: str,
@@ -126,18 +127,10 @@ def _prepare(
     """Common part: skip check, layout check, scan, then write CSVs and options."""
     save_folder = os.path.abspath(os.fspath(save_folder))
     csv_paths = _csv_paths(save_folder)
-    record = {"dataset": dataset, "data_folder": data_folder, "options": options}
-    options_path = os.path.join(save_folder, OPTIONS_FILE)
-
-    if os.path.isfile(options_path) and all(map(os.path.isfile, csv_paths.values())):
-        try:
-            with open(options_path, encoding="utf-8") as f:
-                previous = json.load(f)
-        except (OSError, ValueError):
-            previous = None
-        if previous == record:
-            logger.info("%s: already prepared in %s, skipping", dataset, save_folder)
-            return csv_paths
+    stamp = OptionsStamp(save_folder, STAMP_KIND, {"dataset": dataset, "data_folder": data_folder, **options})
+    if stamp.matches() and all(map(os.path.isfile, csv_paths.values())):
+        logger.info("%s: already prepared in %s, skipping", dataset, save_folder)
+        return csv_paths
 
     # Check the layout as a whole first, so that one error names every missing folder.
     needed = [mix_dir] + [sub for _, sub in source_dirs]
@@ -159,8 +152,7 @@ def _prepare(
     }
 
     os.makedirs(save_folder, exist_ok=True)
-    if os.path.exists(options_path):
-        os.remove(options_path)  # stale until all CSVs are rewritten
+    stamp.clear()  # stale until all CSVs are rewritten
     columns = ["ID", "duration", "mix_wav"] + [column for column, _ in source_dirs]
     for split in SPLITS:
         tmp_path = csv_paths[split] + ".tmp"
@@ -170,10 +162,7 @@ def _prepare(
             writer.writerows(rows[split])
         os.replace(tmp_path, csv_paths[split])
         logger.info("%s: wrote %d rows to %s", dataset, len(rows[split]), csv_paths[split])
-    tmp_path = options_path + ".tmp"
-    with open(tmp_path, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
-    os.replace(tmp_path, options_path)
+    stamp.write()
     return csv_paths
 
 

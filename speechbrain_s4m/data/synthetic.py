@@ -62,7 +62,6 @@ Authors
 import argparse
 import csv
 import io
-import json
 import math
 import os
 import shutil
@@ -77,11 +76,11 @@ from scipy.signal import resample_poly
 import soundfile as sf
 
 from speechbrain_s4m.data import espeak
+from speechbrain_s4m.data.options_stamp import OptionsStamp
 
 __all__ = [
     "ACCENTS",
     "DEFAULTS",
-    "OPTIONS_FILE",
     "VARIANTS",
     "VERSION",
     "WORDS",
@@ -94,7 +93,7 @@ __all__ = [
 
 #: Bumped whenever the same options would give different data.
 VERSION = 1
-OPTIONS_FILE = "synthetic_options.json"
+STAMP_KIND = "synthetic"  # <root>/synthetic_options.json
 DEFAULTS: Dict[str, int] = {
     "num_train": 2000,
     "num_dev": 200,
@@ -580,35 +579,16 @@ def make_synthetic_librimix(
     )
     root = os.path.abspath(os.fspath(root))
     say = (lambda message: print(message, file=sys.stderr)) if progress else (lambda m: None)
-    options_path = os.path.join(root, OPTIONS_FILE)
+    stamp = OptionsStamp(root, STAMP_KIND, options)
     dataset = os.path.join(root, "Libri2Mix")
-
-    previous = None
-    if os.path.isfile(options_path):
-        try:
-            with open(options_path, encoding="utf-8") as f:
-                previous = json.load(f).get("options")
-        except (OSError, ValueError, AttributeError):
-            previous = None
-    if previous == options and _is_complete(root, options):
-        say(f"synthetic: reusing the dataset in {root} (same options, {OPTIONS_FILE})")
+    if stamp.matches() and _is_complete(root, options):
+        say(f"synthetic: reusing the dataset in {root} (same options, {os.path.basename(stamp.path)})")
         return root
     if os.path.exists(dataset):
-        if not force:
-            if previous is None:
-                why = f"it has no matching {OPTIONS_FILE} (another dataset, or unfinished)"
-            elif previous == options:
-                why = "it is incomplete (files are missing)"
-            else:
-                why = f"it was made with other options ({options_path})"
-            raise FileExistsError(
-                f"synthetic: {dataset} already exists and {why}; refusing to overwrite "
-                f"it. Use --force (force=True) to replace it, or another --out folder."
-            )
+        stamp.refuse_overwrite(dataset, "synthetic", force)
         say(f"synthetic: removing {dataset} (force)")
         shutil.rmtree(dataset)
-    if os.path.exists(options_path):
-        os.remove(options_path)
+    stamp.clear()
 
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     start = time.time()
@@ -637,21 +617,15 @@ def make_synthetic_librimix(
         loader_version = version("espeakng-loader")
     except Exception:  # noqa: BLE001 - informative only
         loader_version = "unknown"
-    record = {
-        "options": options,
-        "info": {
+    stamp.write(
+        info={
             "layout": "Libri2Mix",
             "data_folder": root,
             "espeakng_loader": loader_version,
             "hours": round(total_seconds / 3600.0, 3),
             "seconds_to_make": round(time.time() - start, 1),
-        },
-    }
-    temporary = options_path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(temporary, options_path)
+        }
+    )
     say(
         f"synthetic: wrote {sum(counts.values())} mixtures "
         f"({total_seconds / 3600.0:.2f} h) to {base} in {time.time() - start:.0f} s"
