@@ -419,6 +419,7 @@ def _mix(
 
 
 def _make_split(
+    *,
     base: str,
     seed: int,
     index: int,
@@ -606,7 +607,8 @@ def make_synthetic_librimix(
     base = _dataset_folder(root, sample_rate)
     total_seconds = sum(
         _make_split(
-            base, seed, index, speakers[index], counts, sample_rate, workers, progress
+            base=base, seed=seed, index=index, split_speakers=speakers[index], counts=counts,
+            sample_rate=sample_rate, workers=workers, progress=progress,
         )
         for index in range(len(SPLITS))
     )
