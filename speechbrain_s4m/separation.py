@@ -366,7 +366,7 @@ class SeparationBrain(sb.Brain):
                         mix = mix[:, :length] + noise[:, :length]
                         targets = targets[:, :length]
                 if self.hparams.limit_training_signal_len:
-                    mix, targets = self._random_crop(mix, targets)
+                    mix, targets = self._random_crop(mix, targets, mix_lens)
         return self.separate(mix), targets
 
     def _speed_perturb(self, targets: torch.Tensor) -> torch.Tensor:
@@ -375,10 +375,20 @@ class SeparationBrain(sb.Brain):
         length = min(p.shape[1] for p in perturbed)
         return torch.stack([p[:, :length] for p in perturbed], dim=-1)
 
-    def _random_crop(self, mix: torch.Tensor, targets: torch.Tensor):
-        length = self.hparams.training_signal_len
-        start = torch.randint(0, 1 + max(0, mix.shape[1] - length), (1,)).item()
-        return mix[:, start : start + length], targets[:, start : start + length]
+    def _random_crop(self, mix: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor):
+        """Crop every example to ``training_signal_len`` samples, each at its own random
+        start within its own length (``lengths``: SpeechBrain's relative lengths), so
+        that a crop never falls in another example's padding. Examples shorter than
+        that are kept whole (zero-padded): ``[B, T]``, ``[B, T, C]`` ->
+        ``[B, T']``, ``[B, T', C]`` with ``T' = min(training_signal_len, longest)``."""
+        B, T = mix.shape
+        valid = (lengths.detach().cpu().float() * T).round().long().clamp(1, T)  # [B] samples each
+        crop = min(int(self.hparams.training_signal_len), int(valid.max()))
+        spare = (valid - crop).clamp_min(0)  # [B] latest start that keeps a full crop
+        starts = (torch.rand(B) * (spare + 1).float()).long().clamp_max(spare).to(mix.device)
+        index = starts[:, None] + torch.arange(crop, device=mix.device)  # [B, T']
+        cropped_targets = targets.gather(1, index[:, :, None].expand(-1, -1, targets.shape[-1]))
+        return mix.gather(1, index), cropped_targets
 
     def compute_objectives(self, predictions, targets):
         """Per-example loss ``[batch]`` (negative SI-SNR with uPIT by default)."""

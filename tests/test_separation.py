@@ -287,3 +287,35 @@ def test_a_batch_with_non_finite_audio_is_skipped_and_named(tmp_path, caplog):
     assert "clean-one" not in caplog.text
     for name, p in brain.modules.named_parameters():
         assert torch.equal(p, before[name]), name  # no step taken
+
+
+def test_training_crops_fall_within_each_examples_own_audio(tmp_path):
+    # One long and one short example in a padded batch: every crop is a slice of its
+    # own example's audio, never of the short one's zero padding.
+    import torch
+    import speechbrain as sb
+    from speechbrain.dataio.batch import PaddedBatch
+
+    brain = _recipe_brain(tmp_path, "use_speedperturb: False", "limit_training_signal_len: True",
+                          "training_signal_len: 300")
+    long_sources, short_sources = torch.rand(2, 2000) + 1, torch.rand(2, 500) + 1  # never zero
+    batch = PaddedBatch([
+        {"id": "long", "mix_sig": long_sources.sum(0), "s1_sig": long_sources[0], "s2_sig": long_sources[1]},
+        {"id": "short", "mix_sig": short_sources.sum(0), "s1_sig": short_sources[0], "s2_sig": short_sources[1]},
+    ])
+    torch.manual_seed(0)
+    for _ in range(20):
+        mix, targets, _ = brain._batch_signals(batch)
+        _, cropped = brain.compute_forward(mix, targets, sb.Stage.TRAIN)
+        assert cropped.shape == (2, 300, 2)
+        assert (cropped != 0).all()  # no padding inside any crop
+        for example, sources in enumerate((long_sources, short_sources)):
+            first = cropped[example, 0, 0]
+            start = int((sources[0] == first).nonzero()[0])
+            assert torch.equal(cropped[example], sources[:, start:start + 300].T)
+
+    tiny = torch.rand(2, 100) + 1  # shorter than the crop: kept whole
+    batch = PaddedBatch([{"id": "tiny", "mix_sig": tiny.sum(0), "s1_sig": tiny[0], "s2_sig": tiny[1]}])
+    mix, targets, _ = brain._batch_signals(batch)
+    _, cropped = brain.compute_forward(mix, targets, sb.Stage.TRAIN)
+    assert torch.equal(cropped[0], tiny.T)
