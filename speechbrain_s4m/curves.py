@@ -11,10 +11,11 @@ Authors
  * speechbrain-s4m contributors
 """
 
-import argparse
 import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
+
+from speechbrain_s4m.cli import command_parser
 
 _EPOCH_LINE = re.compile(r"epoch: (\d+),(.*) - train (.*) - valid (.*)$")
 _STAT = re.compile(r"(\S+): ([-+\d.eE]+|nan|inf)")
@@ -93,7 +94,7 @@ def plot_training_curves(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="s4m-plot-curves",
         description="Plot the training curves (train and validation SI-SNR) of recipe runs in one PNG.",
     )

@@ -14,7 +14,6 @@ Authors
  * speechbrain-s4m contributors
 """
 
-import argparse
 import csv
 import io
 import os
@@ -25,6 +24,8 @@ from typing import Dict, Optional, Sequence
 import torch
 from ruamel.yaml import YAML
 from speechbrain.utils.checkpoints import Checkpointer
+
+from speechbrain_s4m.cli import command_parser, usage_error
 
 MODULE_KEYS = {"encoder": "Encoder", "masknet": "MaskNet", "decoder": "Decoder"}
 BEST_KEY = "si-snr"  # validation loss (-SI-SNR) saved in each end-of-epoch checkpoint
@@ -212,7 +213,7 @@ def export_model(
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``s4m-export``; returns the exit status."""
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="s4m-export",
         description=(
             "Export a trained recipe run to a model folder that SpeechBrain's "
@@ -230,8 +231,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         out = export_model(args.recipe_folder, args.out_dir, args.checkpoint, args.force)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"s4m-export: {error}", file=sys.stderr)
-        return 2
+        return usage_error("s4m-export", error)
     print(f"Exported {args.recipe_folder} to {out}")
     return 0
 

@@ -11,7 +11,6 @@ Authors
  * speechbrain-s4m contributors
 """
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -26,7 +25,9 @@ from ruamel.yaml import YAML
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import ddp_init_group, if_main_process, run_on_main
 
+from speechbrain_s4m.hparams_keys import RECIPE_KEYS, check_hparams
 from speechbrain_s4m.separation import SeparationBrain, reset_layer_recursively, start_from_mixture
+from speechbrain_s4m.speechbrain_compat import whole_number_step_limit
 
 logger = logging.getLogger(__name__)
 
@@ -41,28 +42,13 @@ class RecipeArguments:
     settings: Dict[str, Any]  # top-level scalar hparams, references resolved
 
 
-def _whole_number_step_limit(run_opts):
-    """SpeechBrain 1.1 parses ``--optimizer_step_limit`` as a string (its default is
-    None, so argparse gets no type); return the run options with the int its Brain
-    compares with."""
-    limit = run_opts.optimizer_step_limit
-    if limit is None or isinstance(limit, int):
-        return run_opts
-    try:
-        return dataclasses.replace(run_opts, optimizer_step_limit=int(limit))
-    except ValueError:
-        raise ValueError(
-            f"--optimizer_step_limit: expected a whole number of optimizer steps, got {limit!r}"
-        ) from None
-
-
 def parse_arguments(argv: Sequence[str]) -> RecipeArguments:
     """Parse ``train.py hparams/X.yaml [--option value ...]`` as SpeechBrain does and
     read the YAML's top-level scalar options *without* building any object, so that a
     wrong ``data_folder`` stops the run before a model is built. Also joins the DDP
     process group when launched with ``torchrun``."""
     hparams_file, run_opts, overrides = sb.parse_arguments(list(argv))
-    run_opts = _whole_number_step_limit(run_opts)
+    run_opts = whole_number_step_limit(run_opts)
     with open(hparams_file, encoding="utf-8") as f:
         resolved = resolve_references(f, overrides).getvalue()
     tree = YAML(typ="rt").load(resolved)
@@ -99,6 +85,7 @@ def load_hparams(args: RecipeArguments) -> Dict[str, Any]:
     """Load the hparams (this builds the models) and create the experiment folder."""
     with open(args.hparams_file, encoding="utf-8") as f:
         hparams = load_hyperpyyaml(f, args.overrides)
+    hparams = check_hparams(hparams, RECIPE_KEYS, source=args.hparams_file)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=args.hparams_file,
@@ -150,7 +137,7 @@ def build_datasets(hparams: Dict[str, Any], dynamic_mixing_layout: Optional[str]
     num_spks = hparams["num_spks"]
     valid = _csv_dataset(hparams["valid_data"], num_spks)
     test = _csv_dataset(hparams["test_data"], num_spks)
-    if not hparams.get("dynamic_mixing", False):
+    if not hparams["dynamic_mixing"]:
         train = _csv_dataset(hparams["train_data"], num_spks, hparams["sorting"])
         return train, valid, test
     if dynamic_mixing_layout is None:
@@ -163,7 +150,7 @@ def build_datasets(hparams: Dict[str, Any], dynamic_mixing_layout: Optional[str]
         else None
     )
     speakers = None
-    if hparams.get("dm_speakers_file"):
+    if hparams["dm_speakers_file"]:
         with open(hparams["dm_speakers_file"], encoding="utf-8") as f:
             speakers = [line.strip() for line in f if line.strip()]
     train = DynamicMixingDataset(
@@ -197,7 +184,7 @@ def train_and_evaluate(
     # checkpoint, if any, over these values.
     for module in brain.modules.values():
         reset_layer_recursively(module)
-    if hparams.get("start_from_mixture", False):
+    if hparams["start_from_mixture"]:
         start_from_mixture(hparams["Encoder"], hparams["MaskNet"], hparams["Decoder"])
 
     train_opts = dict(hparams["dataloader_opts"])

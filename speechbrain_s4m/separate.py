@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence
 
 import soundfile as sf
 
+from speechbrain_s4m.cli import EXIT_OK, EXIT_SOME_INPUTS_FAILED, command_parser, usage_error
 from speechbrain_s4m.data.audio import audio_info
 from speechbrain_s4m.long_audio import LongAudioSeparator
 from speechbrain_s4m.resources import keep_freed_memory
@@ -40,7 +41,7 @@ def _output_paths(out_dir: str, path: str, num_spks: int) -> List[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="s4m-separate",
         description=(
             "Separate the speakers of recordings of any length with an exported model "
@@ -73,8 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     keep_freed_memory()
     files = _audio_files(args.inputs)
     if not files:
-        print("s4m-separate: no audio files found in the inputs", file=sys.stderr)
-        return 2
+        return usage_error("s4m-separate", "no audio files found in the inputs")
     try:
         separator = LongAudioSeparator.from_folder(
             args.model,
@@ -83,8 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             overlap_seconds=args.overlap_seconds,
         )
     except (FileNotFoundError, ValueError) as error:
-        print(f"s4m-separate: {error}", file=sys.stderr)
-        return 2
+        return usage_error("s4m-separate", error)
     num_spks = int(separator.separator.hparams.num_spks)
     os.makedirs(args.out, exist_ok=True)
 
@@ -116,8 +115,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sf.write(out_path, sources[:, s].numpy(), separator.sample_rate, subtype="PCM_16")
     if failures:
         print(f"s4m-separate: {failures} of {len(files)} input(s) failed", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_SOME_INPUTS_FAILED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

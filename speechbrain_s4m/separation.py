@@ -24,19 +24,22 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import torch
 import speechbrain as sb
 from speechbrain.nnet.schedulers import ReduceLROnPlateau, update_learning_rate
-from speechbrain.utils.checkpoints import (
-    mark_as_loader,
-    mark_as_saver,
-    register_checkpoint_hooks,
-    torch_patched_state_dict_load,
-)
-from speechbrain.utils.epoch_loop import EpochCounterWithStopper
+from speechbrain.utils.checkpoints import torch_patched_state_dict_load
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
+from speechbrain_s4m.hparams_keys import BRAIN_KEYS, check_hparams
 from speechbrain_s4m.metrics import separation_metrics
 from speechbrain_s4m.resources import peak_memory_gb
 from speechbrain_s4m.long_audio import separate_in_chunks
 from speechbrain_s4m.separator import EncoderMaskerDecoder
+from speechbrain_s4m.speechbrain_compat import (  # noqa: F401 - EarlyStoppingCounter: the YAMLs' epoch_counter
+    EarlyStoppingCounter,
+    checkpoint_folders,
+    incomplete_checkpoint_folder,
+    required_checkpoint_files,
+    share_debug_checkpoints_dir,
+    stop_after_this_step,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -242,33 +245,6 @@ def split_single_group_state(
     return {"state": new_state, "param_groups": new_groups}
 
 
-@register_checkpoint_hooks
-class EarlyStoppingCounter(EpochCounterWithStopper):
-    """SpeechBrain's ``EpochCounterWithStopper`` whose early-stopping state (best
-    score, best epoch, stop flag) is saved in checkpoints too.
-
-    SpeechBrain 1.1 does not register the stopper's own save/recover hooks, so its
-    checkpoints keep only the epoch number, and a resumed run forgets how many
-    epochs passed without improvement. Same arguments as the parent class.
-
-    Example
-    -------
-    >>> counter = EarlyStoppingCounter(limit=10, limit_to_stop=2, limit_warmup=0, direction="min")
-    >>> for epoch in counter:
-    ...     counter.update_metric(1.0)  # never improves after epoch 1
-    >>> counter.current
-    3
-    """
-
-    @mark_as_saver
-    def _save(self, path):
-        super()._save(path)
-
-    @mark_as_loader
-    def _recover(self, path, end_of_epoch=True, device=None):
-        super()._recover(path, end_of_epoch, device)
-
-
 def step_schedule(step: int, warmup_steps: int = 0, decay_steps: int = 0, final: float = 0.01) -> float:
     """Learning-rate factor before optimizer step ``step`` (from 0): a linear warm-up,
     ``(step + 1) / warmup_steps`` over the first ``warmup_steps`` steps, then a half
@@ -325,6 +301,12 @@ class SeparationBrain(sb.Brain):
 
     _separator: Optional[EncoderMaskerDecoder] = None
 
+    def __init__(self, modules=None, opt_class=None, hparams=None, run_opts=None, checkpointer=None):
+        if hparams is not None:  # checked once; optional keys get their defaults
+            hparams = check_hparams(hparams, BRAIN_KEYS, source="SeparationBrain hparams")
+        super().__init__(modules, opt_class, hparams, run_opts, checkpointer)
+        share_debug_checkpoints_dir(self)
+
     @property
     def separator(self) -> EncoderMaskerDecoder:
         """The one forward pass, over the hparams' lobes (not copies of them)."""
@@ -338,7 +320,7 @@ class SeparationBrain(sb.Brain):
 
         Outside training, a single mixture longer than ``eval_chunk_seconds`` is
         separated in overlapping chunks, so memory stays bounded for any length."""
-        chunk = getattr(self.hparams, "eval_chunk_seconds", None)
+        chunk = self.hparams.eval_chunk_seconds
         if not self.modules.training and chunk and mix.shape[0] == 1:
             rate = self.hparams.sample_rate
             if mix.shape[1] > chunk * rate:
@@ -521,9 +503,9 @@ class SeparationBrain(sb.Brain):
         run continues it, and a change made by someone else (ReduceLROnPlateau's
         halving after a validation) is kept and scaled along with it."""
         schedule = dict(
-            warmup_steps=int(getattr(self.hparams, "lr_warmup_steps", 0) or 0),
-            decay_steps=int(getattr(self.hparams, "lr_decay_steps", 0) or 0),
-            final=float(getattr(self.hparams, "lr_decay_final", 0.01)),
+            warmup_steps=self.hparams.lr_warmup_steps,
+            decay_steps=self.hparams.lr_decay_steps,
+            final=float(self.hparams.lr_decay_final),
         )
         step = self.optimizer_step
         ratio = step_schedule(step, **schedule) / (
@@ -582,19 +564,15 @@ class SeparationBrain(sb.Brain):
         if self.checkpointer is None:
             return
         if if_main_process():
-            required = [
-                f"{name}.ckpt"
-                for name in self.checkpointer.recoverables
-                if not self.checkpointer.optional_recoverables.get(name, False)
-            ]
-            for folder in sorted(self.checkpointer.checkpoints_dir.glob("CKPT+*")):
+            required = required_checkpoint_files(self.checkpointer)
+            for folder in checkpoint_folders(self.checkpointer):
                 present = sorted(path.name for path in folder.glob("*.ckpt"))
                 broken = sorted(
                     {f for f in required if f not in present}  # optional ones may be absent
                     | {f for f in present if not _checkpoint_file_is_whole(folder / f)}
                 )
                 if broken:
-                    target = folder.with_name("INCOMPLETE+" + folder.name[len("CKPT+") :])
+                    target = incomplete_checkpoint_folder(folder)
                     folder.rename(target)
                     logger.warning(
                         f"Checkpoint {folder} is incomplete ({', '.join(broken)} missing or "
@@ -606,11 +584,10 @@ class SeparationBrain(sb.Brain):
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         """Stop training once ``max_train_minutes`` of wall-clock time are spent: the
         current epoch then ends with validation and a checkpoint, as at its end."""
-        budget = getattr(self.hparams, "max_train_minutes", 0)
+        budget = self.hparams.max_train_minutes
         if budget and time.monotonic() - self.fit_start_time > 60 * budget:
-            if self.optimizer_step_limit is None or self.optimizer_step_limit > self.optimizer_step:
+            if stop_after_this_step(self):
                 logger.info(f"Training budget of {budget} minutes spent; stopping")
-                self.optimizer_step_limit = self.optimizer_step  # SpeechBrain's own stop
 
     def on_stage_start(self, stage, epoch=None):
         if stage == sb.Stage.TRAIN:
@@ -627,7 +604,7 @@ class SeparationBrain(sb.Brain):
             self.train_stats = {**stage_stats, **self.training_speed_stats()}
         elif stage == sb.Stage.VALID:
             current_lr = self.optimizer.param_groups[0]["lr"]
-            scheduler = getattr(self.hparams, "lr_scheduler", None)
+            scheduler = self.hparams.lr_scheduler
             if isinstance(scheduler, ReduceLROnPlateau):
                 current_lr, next_lr = scheduler([self.optimizer], epoch, stage_loss)
                 update_learning_rate(self.optimizer, next_lr)

@@ -194,6 +194,22 @@ def test_two_process_ddp_on_cpu(datasets, tmp_path):
     assert read_results(out)[-1]["snt_id"] == "avg"
 
 
+def test_two_process_debug_run_finishes(datasets, tmp_path):
+    # SpeechBrain gives each process its own temporary checkpoint folder under
+    # --debug; without one shared folder, the ranks waited in different collectives
+    # for ever after the second epoch (speechbrain_compat.share_debug_checkpoints_dir).
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        "--master_port=29562",
+        *train_command("LibriMix", "s4m_tiny", datasets["LibriMix"], out, "--debug",
+                       "--distributed_backend=gloo")[1:],
+    ]
+    run(command, timeout=300)
+    assert (out / "train_log.txt").read_text().count("epoch: 2,") == 1
+    assert read_results(out)[-1]["snt_id"] == "avg"
+
+
 def test_long_test_mixtures_are_separated_in_chunks(datasets, tmp_path):
     # 1 s test mixtures with 0.4 s chunks: the chunked path scores every utterance.
     out = tmp_path / "out"

@@ -185,7 +185,7 @@ def test_refuses_to_overwrite_then_force(tmp_path, capsys):
         make_synthetic_librimix(root, **changed)
     assert os.path.join(root, "Libri2Mix") in str(error.value)
     assert wav_files(root) == before  # untouched
-    assert main(["--out", root, "--num-train", "5", "--quiet"]) == 1
+    assert main(["--out", root, "--num-train", "5", "--quiet"]) == 2
     assert "--force" in capsys.readouterr().err
 
     make_synthetic_librimix(root, force=True, **changed)

@@ -17,7 +17,6 @@ Authors
  * speechbrain-s4m contributors
 """
 
-import argparse
 import json
 import os
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from speechbrain_s4m.cli import command_parser, usage_error
 from speechbrain_s4m.data.dynamic_mixing import DynamicMixingDataset
 from speechbrain_s4m.data.options_stamp import OptionsStamp
 
@@ -93,6 +93,7 @@ def split_speakers(
 def make_librimix_from_librispeech(
     librispeech_folder: str,
     out_folder: str,
+    *,
     num_train: int = 100,
     num_valid: int = 100,
     num_test: int = 300,
@@ -161,7 +162,7 @@ def make_librimix_from_librispeech(
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``s4m-make-librimix``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="s4m-make-librimix", description=__doc__.split("\n\n")[1])
+    parser = command_parser(prog="s4m-make-librimix", description=__doc__.split("\n\n")[1])
     parser.add_argument("librispeech_folder", help="LibriSpeech folder: <speaker>/<chapter>/<utt>.flac")
     parser.add_argument("out_folder", help="where Libri2Mix/wav8k/min/{train-100,dev,test} is written")
     parser.add_argument("--num-train", type=int, default=100, help="fixed training mixtures (default 100)")
@@ -179,13 +180,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         splits = make_librimix_from_librispeech(
-            args.librispeech_folder, args.out_folder, args.num_train, args.num_valid,
-            args.num_test, args.test_speakers, args.valid_speakers, args.sample_rate,
-            args.segment_seconds, args.seed, args.force,
+            args.librispeech_folder,
+            args.out_folder,
+            num_train=args.num_train,
+            num_valid=args.num_valid,
+            num_test=args.num_test,
+            test_speakers=args.test_speakers,
+            valid_speakers=args.valid_speakers,
+            sample_rate=args.sample_rate,
+            segment_seconds=args.segment_seconds,
+            seed=args.seed,
+            force=args.force,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"s4m-make-librimix: {error}", file=sys.stderr)
-        return 2
+        return usage_error("s4m-make-librimix", error)
     print(f"test speakers {splits['test']}, validation speakers {splits['valid']}, "
           f"{len(splits['train'])} training speakers (listed in "
           f"{os.path.join(args.out_folder, 'train_speakers.txt')})")

@@ -59,7 +59,6 @@ Authors
  * speechbrain-s4m contributors
 """
 
-import argparse
 import csv
 import io
 import math
@@ -75,6 +74,7 @@ import numpy as np
 from scipy.signal import resample_poly
 import soundfile as sf
 
+from speechbrain_s4m.cli import command_parser, usage_error
 from speechbrain_s4m.data import espeak
 from speechbrain_s4m.data.options_stamp import OptionsStamp
 
@@ -648,7 +648,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       ...
     SystemExit: 2
     """
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="s4m-make-data",
         description=(
             "Make a synthetic two-speaker dataset (espeak-ng speech) in the Libri2Mix "
@@ -698,8 +698,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             workers=args.workers,
         )
     except (FileExistsError, ValueError, TypeError, espeak.EspeakError) as error:
-        print(f"s4m-make-data: error: {error}", file=sys.stderr)
-        return 1
+        return usage_error("s4m-make-data", error)
     print(root)
     return 0
 
