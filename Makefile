@@ -11,17 +11,27 @@ STAMP := $(VENV)/.installed-stamp
 
 install: $(STAMP)
 
-$(STAMP): setup.py
+# constraints.txt pins the tested set; setup.py itself takes ranges.
+$(STAMP): setup.py pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m speechbrain_s4m.demo
 
+# Lint and format check (ruff, configured in pyproject.toml), then the whole suite.
+# `make format` applies ruff's fixes and formatting.
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
+
+.PHONY: format
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # Efficiency benchmark (paper Table 4 + scaling); options via BENCH_ARGS, e.g.
 # make bench BENCH_ARGS="--sections params,macs,cpu --lengths 1,4"

@@ -51,8 +51,11 @@ def read_training_curve(train_log: Path) -> List[Dict[str, float]]:
         valid = dict(_STAT.findall(match.group(4)))
         if "si-snr" not in train or "si-snr" not in valid:
             continue
-        point = {"epoch": float(match.group(1)), "train": -float(train.pop("si-snr")),
-                 "valid": -float(valid.pop("si-snr"))}
+        point = {
+            "epoch": float(match.group(1)),
+            "train": -float(train.pop("si-snr")),
+            "valid": -float(valid.pop("si-snr")),
+        }
         point.update({key: float(value) for key, value in train.items()})
         points.append(point)
     return points
@@ -75,8 +78,10 @@ def plot_training_curves(
     for index, (label, points) in enumerate(runs.items()):
         usable = [p for p in points if x in p]
         if len(usable) < len(points):
-            raise ValueError(f"run {label!r}: its train_log.txt has no '{x}' for some epochs "
-                             f"(logged by speechbrain_s4m's SeparationBrain); use --x epoch")
+            raise ValueError(
+                f"run {label!r}: its train_log.txt has no '{x}' for some epochs "
+                f"(logged by speechbrain_s4m's SeparationBrain); use --x epoch"
+            )
         xs = [p[x] for p in usable]
         colour = f"C{index}"
         prefix = f"{label}: " if len(runs) > 1 else ""

@@ -20,6 +20,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class DemoBudget:
     train_steps: int = 2400
     warmup_steps: int = 100
     train_minutes: float = 13.0
+    dynamic_mixing: bool = False
     overrides: List[str] = field(
         default_factory=lambda: [
             "--num_blocks=2",
@@ -72,6 +74,19 @@ class DemoBudget:
             "--num_workers=1",
         ]
     )
+
+    def mixing(self, data: Path, workdir: Path) -> List[str]:
+        """The recipe options of dynamic mixing, when on: a new pairing of the training
+        utterances of ``data``, at new levels, for every example of every epoch, from
+        links in ``workdir/dm_sources`` (:func:`dynamic_mixing_sources`)."""
+        if not self.dynamic_mixing:
+            return []
+        sources = dynamic_mixing_sources(data, workdir / "dm_sources")
+        return [
+            "--dynamic_mixing=True",
+            f"--base_folder_dm={sources}",
+            f"--dm_examples_per_epoch={self.num_train}",
+        ]
 
     def schedule(self) -> List[str]:
         """The recipe options of the step budget and the learning-rate schedule."""
@@ -113,6 +128,25 @@ def _run(command: Sequence[str], step: str) -> None:
         raise SystemExit(f"demo: step '{step}' failed with exit status {result.returncode}")
 
 
+def dynamic_mixing_sources(data: Path, out: Path) -> Path:
+    """A LibriSpeech-layout folder ``out/<speaker>/0/<utterance>.wav`` of links to the
+    training sources of the synthetic dataset in ``data`` (each ``s1``/``s2`` file, by
+    the speaker its metadata names), for the recipe's dynamic mixing. Rebuilt from the
+    metadata each time; nothing in ``data`` changes."""
+    split = data / "Libri2Mix" / "wav8k" / "min" / "train-100"
+    metadata = data / "Libri2Mix" / "wav8k" / "min" / "metadata" / "train-100.csv"
+    if out.exists():
+        shutil.rmtree(out)
+    with open(metadata, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            for source in ("s1", "s2"):
+                folder = out / row[f"{source}_speaker"] / "0"
+                folder.mkdir(parents=True, exist_ok=True)
+                target = split / source / f"{row['mixture_ID']}.wav"
+                os.symlink(target, folder / f"{row['mixture_ID']}_{source}.wav")
+    return out
+
+
 def plot_spectrograms(signals: Dict[str, "object"], sample_rate: int, path: Path) -> None:
     import matplotlib
 
@@ -144,27 +178,39 @@ def run_demo(workdir: Path, budget: DemoBudget, retrain: bool = False, seed: int
     import soundfile as sf
     import torch
 
+    from speechbrain_s4m.curves import plot_training_curves, read_training_curve
     from speechbrain_s4m.data.synthetic import make_synthetic_librimix
     from speechbrain_s4m.export import export_model
-    from speechbrain_s4m.curves import plot_training_curves, read_training_curve
     from speechbrain_s4m.metrics import apply_permutation, best_permutation
 
     workdir = workdir.resolve()
-    data, run, model, separated, report = (
-        workdir / name for name in ("data", "run", "model", "separated", "report")
-    )
+    data, run, model, separated, report = (workdir / name for name in ("data", "run", "model", "separated", "report"))
 
     print("=== 1. Built-in dataset: synthesized two-speaker mixtures (Libri2Mix layout, 8 kHz)")
     make_synthetic_librimix(
-        str(data), num_train=budget.num_train, num_dev=budget.num_dev,
-        num_test=budget.num_test, sample_rate=8000, seed=seed, progress=True,
+        str(data),
+        num_train=budget.num_train,
+        num_dev=budget.num_dev,
+        num_test=budget.num_test,
+        sample_rate=8000,
+        seed=seed,
+        progress=True,
     )
 
     if retrain or not (run / "test_results.csv").is_file():
         _run(
-            [sys.executable, RECIPE / "train.py", RECIPE / "hparams" / "s4m_tiny.yaml",
-             f"--data_folder={data}", f"--output_folder={run}", "--device=cpu",
-             f"--seed={seed}", *budget.overrides, *budget.schedule()],
+            [
+                sys.executable,
+                RECIPE / "train.py",
+                RECIPE / "hparams" / "s4m_tiny.yaml",
+                f"--data_folder={data}",
+                f"--output_folder={run}",
+                "--device=cpu",
+                f"--seed={seed}",
+                *budget.overrides,
+                *budget.mixing(data, workdir),
+                *budget.schedule(),
+            ],
             f"2-3. Train S4M-tiny ({budget.train_steps} steps, at most {budget.train_minutes:g} "
             f"minutes) and evaluate on the test split",
         )
@@ -178,49 +224,75 @@ def run_demo(workdir: Path, budget: DemoBudget, retrain: bool = False, seed: int
     test_folder = data / "Libri2Mix" / "wav8k" / "min" / "test"
     mixture = sorted((test_folder / "mix_clean").glob("*.wav"))[0]
     _run(
-        [sys.executable, "-m", "speechbrain_s4m.separate", "--model", model, mixture,
-         "--out", separated, "--force"],
+        [sys.executable, "-m", "speechbrain_s4m.separate", "--model", model, mixture, "--out", separated, "--force"],
         "5. Separate one test mixture with s4m-separate",
     )
 
     report.mkdir(parents=True, exist_ok=True)
-    plot_training_curves({"S4M-tiny": read_training_curve(run / "train_log.txt")}, report / "training_curve.png",
-                         title="S4M-tiny on the built-in synthetic Libri2Mix")
+    plot_training_curves(
+        {"S4M-tiny": read_training_curve(run / "train_log.txt")},
+        report / "training_curve.png",
+        title="S4M-tiny on the built-in synthetic Libri2Mix",
+    )
     mix, rate = sf.read(str(mixture), dtype="float32")
     estimates = torch.stack(
-        [torch.from_numpy(sf.read(str(separated / f"{mixture.stem}_s{s}.wav"), dtype="float32")[0])
-         for s in (1, 2)], dim=-1)
+        [torch.from_numpy(sf.read(str(separated / f"{mixture.stem}_s{s}.wav"), dtype="float32")[0]) for s in (1, 2)],
+        dim=-1,
+    )
     references = torch.stack(
-        [torch.from_numpy(sf.read(str(test_folder / f"s{s}" / mixture.name), dtype="float32")[0])
-         for s in (1, 2)], dim=-1)
+        [torch.from_numpy(sf.read(str(test_folder / f"s{s}" / mixture.name), dtype="float32")[0]) for s in (1, 2)],
+        dim=-1,
+    )
     length = min(len(estimates), len(references))
     perm, _ = best_permutation(estimates[None, :length], references[None, :length])
     estimates = apply_permutation(estimates[None, :length], perm)[0]
     plot_spectrograms(
-        {"mixture": mix[:length], "estimate, speaker 1": estimates[:, 0],
-         "reference, speaker 1": references[:length, 0], "estimate, speaker 2": estimates[:, 1],
-         "reference, speaker 2": references[:length, 1]},
-        rate, report / "spectrograms.png",
+        {
+            "mixture": mix[:length],
+            "estimate, speaker 1": estimates[:, 0],
+            "reference, speaker 1": references[:length, 0],
+            "estimate, speaker 2": estimates[:, 1],
+            "reference, speaker 2": references[:length, 1],
+        },
+        rate,
+        report / "spectrograms.png",
     )
     summary = {
         "test_metrics_db": _mean_results(run / "test_results.csv"),
         "paths": {
-            "dataset": str(data), "training_run": str(run),
-            "test_results": str(run / "test_results.csv"), "train_log": str(run / "train_log.txt"),
-            "exported_model": str(model), "separated_mixture": str(mixture),
+            "dataset": str(data),
+            "training_run": str(run),
+            "test_results": str(run / "test_results.csv"),
+            "train_log": str(run / "train_log.txt"),
+            "exported_model": str(model),
+            "separated_mixture": str(mixture),
             "separated_outputs": [str(separated / f"{mixture.stem}_s{s}.wav") for s in (1, 2)],
             "training_curve": str(report / "training_curve.png"),
             "spectrograms": str(report / "spectrograms.png"),
         },
-        "budget": {"train_steps": budget.train_steps, "warmup_steps": budget.warmup_steps,
-                   "train_minutes": budget.train_minutes, "overrides": budget.overrides,
-                   "num_train": budget.num_train, "num_dev": budget.num_dev, "num_test": budget.num_test},
+        "budget": {
+            "train_steps": budget.train_steps,
+            "warmup_steps": budget.warmup_steps,
+            "train_minutes": budget.train_minutes,
+            "overrides": budget.overrides,
+            "num_train": budget.num_train,
+            "num_dev": budget.num_dev,
+            "num_test": budget.num_test,
+        },
     }
     (report / "metrics.json").write_text(json.dumps(summary, indent=2))
     metrics = summary["test_metrics_db"]
-    lines = ["# Demo report", "", "| SI-SNR | SI-SNRi | SDR | SDRi | test mixtures |", "|---|---|---|---|---|",
-             f"| {metrics['si-snr']:.2f} dB | {metrics['si-snr_i']:.2f} dB | {metrics['sdr']:.2f} dB "
-             f"| {metrics['sdr_i']:.2f} dB | {metrics['utterances']} |", "", "## Outputs", ""]
+    lines = [
+        "# Demo report",
+        "",
+        "| SI-SNR | SI-SNRi | SDR | SDRi | test mixtures |",
+        "|---|---|---|---|---|",
+        f"| {metrics['si-snr']:.2f} dB | {metrics['si-snr_i']:.2f} dB | {metrics['sdr']:.2f} dB "
+        f"| {metrics['sdr_i']:.2f} dB | {metrics['utterances']} |",
+        "",
+        "## Outputs",
+        "",
+    ]
     lines += [f"- {name}: `{value}`" for name, value in summary["paths"].items()]
     (report / "README.md").write_text("\n".join(lines) + "\n")
     return summary
@@ -230,13 +302,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default="results/demo", help="where everything is written")
     parser.add_argument(
-        "--train-steps", type=int, default=None,
+        "--train-steps",
+        type=int,
+        default=None,
         help=f"optimizer steps to train (default {DemoBudget.train_steps})",
     )
     parser.add_argument(
-        "--train-minutes", type=float, default=None,
-        help=f"stop training after this many minutes even if steps are left "
-        f"(default {DemoBudget.train_minutes:g})",
+        "--train-minutes",
+        type=float,
+        default=None,
+        help=f"stop training after this many minutes even if steps are left (default {DemoBudget.train_minutes:g})",
     )
     parser.add_argument("--quick", action="store_true", help="a tiny budget (seconds): the test suite's run")
     parser.add_argument("--retrain", action="store_true", help="train again even if a finished run exists")
@@ -252,8 +327,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for name, value in summary["paths"].items():
         print(f"{name}: {value}")
     metrics = summary["test_metrics_db"]
-    print(f"test SI-SNR: {metrics['si-snr']:.2f} dB, SDR: {metrics['sdr']:.2f} dB, "
-          f"SDRi: {metrics['sdr_i']:.2f} dB on {metrics['utterances']} mixtures")
+    print(
+        f"test SI-SNR: {metrics['si-snr']:.2f} dB, SDR: {metrics['sdr']:.2f} dB, "
+        f"SDRi: {metrics['sdr_i']:.2f} dB on {metrics['utterances']} mixtures"
+    )
     print(f"test SI-SNRi: {metrics['si-snr_i']:.2f} dB")
 
 

@@ -98,9 +98,7 @@ def _model_card(recipe_folder: str, checkpoint: str, out_dir: str, settings: dic
     params = sum(
         tensor.numel()
         for name in MODULE_KEYS
-        for tensor in torch.load(
-            os.path.join(out_dir, f"{name}.ckpt"), map_location="cpu", weights_only=True
-        ).values()
+        for tensor in torch.load(os.path.join(out_dir, f"{name}.ckpt"), map_location="cpu", weights_only=True).values()
     )
     lines = [
         f"# {settings.get('backbone', 'separator')} speech separator",
@@ -114,8 +112,11 @@ def _model_card(recipe_folder: str, checkpoint: str, out_dir: str, settings: dic
         f"| sample rate | {settings['sample_rate']} Hz |",
         f"| speakers | {settings['num_spks']} |",
         f"| training data | {settings.get('data_folder', 'unknown')}"
-        + (" (dynamic mixing from " + str(settings.get("base_folder_dm")) + ")"
-           if settings.get("dynamic_mixing") else "")
+        + (
+            " (dynamic mixing from " + str(settings.get("base_folder_dm")) + ")"
+            if settings.get("dynamic_mixing")
+            else ""
+        )
         + " |",
         f"| recipe run | {os.path.abspath(recipe_folder)} |",
         f"| checkpoint | {os.path.basename(checkpoint)} |",
@@ -130,9 +131,7 @@ def _model_card(recipe_folder: str, checkpoint: str, out_dir: str, settings: dic
             "",
             "| SI-SNR | SI-SNRi | SDR | SDRi |",
             "|---|---|---|---|",
-            "| " + " | ".join(
-                f"{float(summary[k]):.2f} dB" for k in ["si-snr", "si-snr_i", "sdr", "sdr_i"]
-            ) + " |",
+            "| " + " | ".join(f"{float(summary[k]):.2f} dB" for k in ["si-snr", "si-snr_i", "sdr", "sdr_i"]) + " |",
             "",
         ]
     lines += [
@@ -190,8 +189,7 @@ def export_model(
         raise FileNotFoundError(f"Checkpoint {checkpoint} lacks {', '.join(missing)}")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not force:
         raise FileExistsError(
-            f"{out_dir} exists and is not empty; choose another folder or pass --force "
-            "to overwrite its model files"
+            f"{out_dir} exists and is not empty; choose another folder or pass --force to overwrite its model files"
         )
 
     model_yaml = _model_yaml(recipe_hparams)
@@ -202,9 +200,7 @@ def export_model(
         f.write(model_yaml)
     with open(recipe_hparams, encoding="utf-8") as f:
         settings = {
-            k: v
-            for k, v in YAML(typ="rt").load(f).items()
-            if v is None or isinstance(v, (str, int, float, bool))
+            k: v for k, v in YAML(typ="rt").load(f).items() if v is None or isinstance(v, (str, int, float, bool))
         }
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
         f.write(_model_card(recipe_folder, checkpoint, out_dir, settings))
@@ -223,9 +219,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("recipe_folder", help="the recipe's output folder, e.g. results/s4m/1234")
     parser.add_argument("out_dir", help="the model folder to write")
-    parser.add_argument(
-        "--checkpoint", help="a checkpoint folder (save/CKPT+...); default: best validation SI-SNR"
-    )
+    parser.add_argument("--checkpoint", help="a checkpoint folder (save/CKPT+...); default: best validation SI-SNR")
     parser.add_argument("--force", action="store_true", help="overwrite an existing model folder")
     args = parser.parse_args(argv)
     try:

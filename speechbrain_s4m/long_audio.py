@@ -206,10 +206,7 @@ class LongAudioSeparator:
         if mix.dim() == 2 and mix.shape[0] == 1:
             mix = mix[0]
         if mix.dim() != 1:
-            raise ValueError(
-                f"LongAudioSeparator: expected a mono mixture [time] or [1, time], got "
-                f"{tuple(mix.shape)}"
-            )
+            raise ValueError(f"LongAudioSeparator: expected a mono mixture [time] or [1, time], got {tuple(mix.shape)}")
         if mix.shape[0] < self.min_samples:
             raise ValueError(
                 f"LongAudioSeparator: {mix.shape[0]} samples is shorter than the encoder "
@@ -251,8 +248,7 @@ class LongAudioSeparator:
         bad = non_finite_count(mix)
         if bad:  # before resampling, which would spread them
             raise ValueError(
-                f"{path}: {bad} of {mix.shape[0]} samples are not finite (NaN or Inf); "
-                f"nothing was separated"
+                f"{path}: {bad} of {mix.shape[0]} samples are not finite (NaN or Inf); nothing was separated"
             )
         if rate != self.sample_rate:
             mix = resample(mix, rate, self.sample_rate)

@@ -96,14 +96,10 @@ def _check_sources(estimate: torch.Tensor, reference: torch.Tensor) -> None:
     _check_tensor(reference, "reference")
     if reference.dim() != 3:
         raise ValueError(
-            f"reference: expected a 3-D tensor [batch, time, num_spks], got shape "
-            f"{tuple(reference.shape)}"
+            f"reference: expected a 3-D tensor [batch, time, num_spks], got shape {tuple(reference.shape)}"
         )
     if estimate.dim() != 3:
-        raise ValueError(
-            f"estimate: expected a 3-D tensor [batch, time, num_spks], got shape "
-            f"{tuple(estimate.shape)}"
-        )
+        raise ValueError(f"estimate: expected a 3-D tensor [batch, time, num_spks], got shape {tuple(estimate.shape)}")
     if estimate.shape != reference.shape:
         raise ValueError(
             f"estimate: expected shape {tuple(reference.shape)} [batch, time, num_spks] "
@@ -173,9 +169,7 @@ def _pairwise_si_snr64(est: torch.Tensor, ref: torch.Tensor, eps: float) -> torc
     return 10.0 * torch.log10(target / (noise + eps) + eps)
 
 
-def si_snr(
-    estimate: torch.Tensor, reference: torch.Tensor, eps: float = EPS
-) -> torch.Tensor:
+def si_snr(estimate: torch.Tensor, reference: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """Scale-invariant SNR (dB) of every source, in the order given (no permutation).
 
     Both signals are made zero-mean, then (SpeechBrain's ``cal_si_snr``)::
@@ -227,9 +221,7 @@ def _permutations(num_spks: int, device: torch.device) -> torch.Tensor:
     return torch.tensor(perms, dtype=torch.long, device=device)  # [P, C]
 
 
-def _best_permutation64(
-    est: torch.Tensor, ref: torch.Tensor, eps: float
-) -> torch.Tensor:
+def _best_permutation64(est: torch.Tensor, ref: torch.Tensor, eps: float) -> torch.Tensor:
     """Permutation ``[batch, spks]`` maximising the mean SI-SNR (zero-mean float64)."""
     num_spks = ref.shape[2]
     pair = _pairwise_si_snr64(est, ref, eps)  # [B, R, E]
@@ -266,10 +258,7 @@ def apply_permutation(signals: torch.Tensor, perm: torch.Tensor) -> torch.Tensor
     _check_tensor(signals, "signals")
     _check_tensor(perm, "perm")
     if signals.dim() != 3:
-        raise ValueError(
-            f"signals: expected a 3-D tensor [batch, time, num_spks], got shape "
-            f"{tuple(signals.shape)}"
-        )
+        raise ValueError(f"signals: expected a 3-D tensor [batch, time, num_spks], got shape {tuple(signals.shape)}")
     expected = (signals.shape[0], signals.shape[2])
     if tuple(perm.shape) != expected or perm.dtype not in (torch.int32, torch.int64):
         raise ValueError(
@@ -450,9 +439,7 @@ def sdr(
     _check_eps(eps)
     if not isinstance(filter_length, int) or filter_length < 1:
         raise ValueError(f"filter_length: expected a positive int, got {filter_length!r}")
-    out = _sdr64(
-        estimate.to(torch.float64), reference.to(torch.float64), eps, filter_length
-    )
+    out = _sdr64(estimate.to(torch.float64), reference.to(torch.float64), eps, filter_length)
     return out.to(_out_dtype(estimate, reference))
 
 

@@ -53,25 +53,19 @@ def parse_arguments(argv: Sequence[str]) -> RecipeArguments:
         resolved = resolve_references(f, overrides).getvalue()
     tree = YAML(typ="rt").load(resolved)
     settings = {
-        key: value
-        for key, value in tree.items()
-        if value is None or isinstance(value, (str, int, float, bool))
+        key: value for key, value in tree.items() if value is None or isinstance(value, (str, int, float, bool))
     }
     ddp_init_group(run_opts)
     return RecipeArguments(hparams_file, run_opts, overrides, settings)
 
 
-def prepare_data(
-    prepare: Callable[..., Dict[str, str]], args: RecipeArguments, option_names: List[str]
-) -> None:
+def prepare_data(prepare: Callable[..., Dict[str, str]], args: RecipeArguments, option_names: List[str]) -> None:
     """Run a ``speechbrain_s4m.data.preparation`` function once (main process), with
     ``data_folder``, ``save_folder`` and the named options taken from the hparams."""
     settings = args.settings
     data_folder = settings.get("data_folder")
     if not isinstance(data_folder, str) or not data_folder:
-        raise ValueError(
-            f"{args.hparams_file}: data_folder is not set; pass --data_folder=<dataset root>"
-        )
+        raise ValueError(f"{args.hparams_file}: data_folder is not set; pass --data_folder=<dataset root>")
     if settings.get("skip_prep", False):
         return
     kwargs = {name: settings[name] for name in option_names}
@@ -110,13 +104,9 @@ def _csv_dataset(csv_path: str, num_spks: int, sorting: str = "none"):
         sb.dataio.dataset.add_dynamic_item([dataset], reader)
     sb.dataio.dataset.set_output_keys([dataset], ["id"] + [f"{k}_sig" for k in keys])
     if sorting in ("ascending", "descending"):
-        dataset = dataset.filtered_sorted(
-            sort_key="duration", reverse=sorting == "descending"
-        )
+        dataset = dataset.filtered_sorted(sort_key="duration", reverse=sorting == "descending")
     elif sorting not in ("none", "random"):
-        raise ValueError(
-            f"sorting: expected 'ascending', 'descending', 'random' or 'none', got {sorting!r}"
-        )
+        raise ValueError(f"sorting: expected 'ascending', 'descending', 'random' or 'none', got {sorting!r}")
     return dataset
 
 
@@ -144,11 +134,7 @@ def build_datasets(hparams: Dict[str, Any], dynamic_mixing_layout: Optional[str]
         raise ValueError("dynamic_mixing: this recipe has no dynamic-mixing source; set it to False")
     from speechbrain_s4m.data.dynamic_mixing import DynamicMixingDataset
 
-    segment = (
-        hparams["training_signal_len"] / hparams["sample_rate"]
-        if hparams["limit_training_signal_len"]
-        else None
-    )
+    segment = hparams["training_signal_len"] / hparams["sample_rate"] if hparams["limit_training_signal_len"] else None
     speakers = None
     if hparams["dm_speakers_file"]:
         with open(hparams["dm_speakers_file"], encoding="utf-8") as f:

@@ -25,9 +25,7 @@ def _audio_files(inputs: Sequence[str]) -> List[str]:
     for item in inputs:
         if os.path.isdir(item):
             found = sorted(
-                os.path.join(item, name)
-                for name in os.listdir(item)
-                if name.lower().endswith(AUDIO_EXTENSIONS)
+                os.path.join(item, name) for name in os.listdir(item) if name.lower().endswith(AUDIO_EXTENSIONS)
             )
             files.extend(found)
         else:

@@ -21,16 +21,16 @@ import time
 import zipfile
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-import torch
 import speechbrain as sb
+import torch
 from speechbrain.nnet.schedulers import ReduceLROnPlateau, update_learning_rate
 from speechbrain.utils.checkpoints import torch_patched_state_dict_load
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 from speechbrain_s4m.hparams_keys import BRAIN_KEYS, check_hparams
+from speechbrain_s4m.long_audio import separate_in_chunks
 from speechbrain_s4m.metrics import separation_metrics
 from speechbrain_s4m.resources import peak_memory_gb
-from speechbrain_s4m.long_audio import separate_in_chunks
 from speechbrain_s4m.separator import EncoderMaskerDecoder
 from speechbrain_s4m.speechbrain_compat import (  # noqa: F401 - EarlyStoppingCounter: the YAMLs' epoch_counter
     EarlyStoppingCounter,
@@ -394,9 +394,7 @@ class SeparationBrain(sb.Brain):
         self.optimizer = self.opt_class(groups)
         self.optimizers_dict = {"opt_class": self.optimizer}
         if self.checkpointer is not None:
-            self.checkpointer.add_recoverable(
-                "optimizer", self.optimizer, custom_load_hook=self._load_optimizer_state
-            )
+            self.checkpointer.add_recoverable("optimizer", self.optimizer, custom_load_hook=self._load_optimizer_state)
 
     def _load_optimizer_state(
         self, optimizer: torch.optim.Optimizer, path: Union[str, os.PathLike], end_of_epoch: bool
@@ -419,9 +417,7 @@ class SeparationBrain(sb.Brain):
                 f"into this run's {len(optimizer.param_groups)} groups (by _optim tag)"
             )
             try:
-                state = split_single_group_state(
-                    state, self.modules, self.remove_vector_weight_decay
-                )
+                state = split_single_group_state(state, self.modules, self.remove_vector_weight_decay)
             except ValueError as error:
                 lr = state["param_groups"][0]["lr"]
                 logger.warning(
@@ -457,9 +453,7 @@ class SeparationBrain(sb.Brain):
             self.on_fit_batch_end(batch, None, loss, False)
             return loss.detach().cpu()
         with self.training_ctx:
-            predictions, targets = self.compute_forward(
-                mixture, targets, sb.Stage.TRAIN, noise
-            )
+            predictions, targets = self.compute_forward(mixture, targets, sb.Stage.TRAIN, noise)
             loss = self.compute_objectives(predictions, targets)
             self.train_audio_seconds += predictions.shape[0] * predictions.shape[1] / self.hparams.sample_rate
             if self.hparams.threshold_byloss:
@@ -490,9 +484,7 @@ class SeparationBrain(sb.Brain):
     def _non_finite_examples(batch, mixture, targets, noise) -> List[str]:
         """The ids of the examples whose mixture, sources or noise hold NaN or Inf."""
         signals = [mixture, *targets] + ([noise] if noise is not None else [])
-        finite = torch.stack(
-            [torch.isfinite(signal.data).flatten(1).all(1) for signal in signals]
-        ).all(0)  # [batch]
+        finite = torch.stack([torch.isfinite(signal.data).flatten(1).all(1) for signal in signals]).all(0)  # [batch]
         return [str(snt_id) for snt_id, ok in zip(batch.id, finite.tolist()) if not ok]
 
     def _schedule_learning_rate(self) -> None:
@@ -508,9 +500,7 @@ class SeparationBrain(sb.Brain):
             final=float(self.hparams.lr_decay_final),
         )
         step = self.optimizer_step
-        ratio = step_schedule(step, **schedule) / (
-            step_schedule(step - 1, **schedule) if step > 0 else 1.0
-        )
+        ratio = step_schedule(step, **schedule) / (step_schedule(step - 1, **schedule) if step > 0 else 1.0)
         if ratio != 1.0:
             for group in self.optimizer.param_groups:
                 group["lr"] *= ratio
@@ -530,9 +520,7 @@ class SeparationBrain(sb.Brain):
         mix = mix.to(predictions.device)
         for i, snt_id in enumerate(ids):
             n = int(round(float(lengths[i]) * mix.shape[1]))
-            scores = separation_metrics(
-                mix[i : i + 1, :n], predictions[i : i + 1, :n], targets[i : i + 1, :n]
-            )
+            scores = separation_metrics(mix[i : i + 1, :n], predictions[i : i + 1, :n], targets[i : i + 1, :n])
             self.test_rows.append(
                 {
                     "snt_id": snt_id,
@@ -559,8 +547,9 @@ class SeparationBrain(sb.Brain):
         """SpeechBrain writes a checkpoint's meta file first and its parameter files
         after it, so a run killed while saving leaves a checkpoint that cannot be
         loaded: a required file missing, or any file present (optional ones such as
-        the grad scaler's included) empty or cut short. Rename such folders to ``INCOMPLETE+...`` (kept, not deleted) so that
-        resuming picks the last complete checkpoint."""
+        the grad scaler's included) empty or cut short. Rename such folders to
+        ``INCOMPLETE+...`` (kept, not deleted) so that resuming picks the last complete
+        checkpoint."""
         if self.checkpointer is None:
             return
         if if_main_process():
@@ -621,9 +610,7 @@ class SeparationBrain(sb.Brain):
                 train_stats=self.train_stats,
                 valid_stats=stage_stats,
             )
-            self.checkpointer.save_and_keep_only(
-                meta={"si-snr": stage_loss}, min_keys=["si-snr"]
-            )
+            self.checkpointer.save_and_keep_only(meta={"si-snr": stage_loss}, min_keys=["si-snr"])
         else:  # TEST: SI-SNR, SDR and their improvements in dB (higher is better)
             path = self.write_test_results()
             means = self.test_means()

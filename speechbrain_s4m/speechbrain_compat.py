@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, List
 
 import speechbrain
-from speechbrain.utils.distributed import ddp_broadcast
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
+from speechbrain.utils.distributed import ddp_broadcast
 from speechbrain.utils.epoch_loop import EpochCounterWithStopper
 
 logger = logging.getLogger(__name__)
@@ -132,6 +132,4 @@ def whole_number_step_limit(run_opts: Any) -> Any:
     try:
         return dataclasses.replace(run_opts, optimizer_step_limit=int(limit))
     except ValueError:
-        raise ValueError(
-            f"--optimizer_step_limit: expected a whole number of optimizer steps, got {limit!r}"
-        ) from None
+        raise ValueError(f"--optimizer_step_limit: expected a whole number of optimizer steps, got {limit!r}") from None

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs the demo (see tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -15,7 +19,10 @@ def run_demo(workdir):
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
     result = subprocess.run(
         [sys.executable, "-m", "speechbrain_s4m.demo", "--quick", "--workdir", str(workdir)],
-        capture_output=True, text=True, timeout=600, env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
@@ -36,7 +43,11 @@ def test_demo_runs_every_step_and_reuses_its_data(tmp_path):
     for path in summary["paths"]["separated_outputs"]:
         assert Path(path).is_file()
     assert sorted(os.listdir(workdir / "model")) == [
-        "README.md", "decoder.ckpt", "encoder.ckpt", "hyperparams.yaml", "masknet.ckpt"
+        "README.md",
+        "decoder.ckpt",
+        "encoder.ckpt",
+        "hyperparams.yaml",
+        "masknet.ckpt",
     ]
 
     data_files = sorted((workdir / "data").rglob("*.wav"))

@@ -2,7 +2,6 @@
 and the s4m-separate command line. The model is trained by a tiny recipe run here."""
 
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -12,14 +11,14 @@ import pytest
 import soundfile as sf
 import torch
 from speechbrain.inference.separation import SepformerSeparation
+from tiny_datasets import make_librimix
 
 from speechbrain_s4m.export import export_model
-from speechbrain_s4m.metrics import si_snr
 from speechbrain_s4m.long_audio import LongAudioSeparator, separate_in_chunks
+from speechbrain_s4m.metrics import si_snr
 from speechbrain_s4m.separate import main as separate_main
 
-sys.path.insert(0, os.path.dirname(__file__))
-from tiny_datasets import make_librimix  # noqa: E402
+pytestmark = pytest.mark.slow  # trains a recipe (see tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,9 +26,17 @@ REPO = Path(__file__).resolve().parents[1]
 def train_tiny(data, out, epochs=2):
     recipe = REPO / "recipes" / "LibriMix" / "separation"
     command = [
-        sys.executable, str(recipe / "train.py"), str(recipe / "hparams" / "s4m_tiny.yaml"),
-        f"--data_folder={data}", f"--output_folder={out}", "--device=cpu", "--num_workers=0",
-        "--noprogressbar", f"--N_epochs={epochs}", "--num_blocks=2", "--hidden_channels=32",
+        sys.executable,
+        str(recipe / "train.py"),
+        str(recipe / "hparams" / "s4m_tiny.yaml"),
+        f"--data_folder={data}",
+        f"--output_folder={out}",
+        "--device=cpu",
+        "--num_workers=0",
+        "--noprogressbar",
+        f"--N_epochs={epochs}",
+        "--num_blocks=2",
+        "--hidden_channels=32",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
@@ -51,7 +58,11 @@ def model_dir(trained):
 
 def test_export_writes_a_folder_speechbrain_loads(model_dir, trained, tmp_path):
     assert sorted(os.listdir(model_dir)) == [
-        "README.md", "decoder.ckpt", "encoder.ckpt", "hyperparams.yaml", "masknet.ckpt"
+        "README.md",
+        "decoder.ckpt",
+        "encoder.ckpt",
+        "hyperparams.yaml",
+        "masknet.ckpt",
     ]
     model = SepformerSeparation.from_hparams(source=model_dir, savedir=str(tmp_path / "cache"))
     mixture = sorted((trained / "data").rglob("mix_clean/*.wav"))[0]
@@ -62,8 +73,9 @@ def test_export_writes_a_folder_speechbrain_loads(model_dir, trained, tmp_path):
 
 def test_model_card_reports_the_test_results(model_dir, trained):
     card = Path(model_dir, "README.md").read_text()
-    avg = [line for line in (trained / "run" / "test_results.csv").read_text().splitlines()
-           if line.startswith("avg,")][0].split(",")
+    avg = [line for line in (trained / "run" / "test_results.csv").read_text().splitlines() if line.startswith("avg,")][
+        0
+    ].split(",")
     assert "s4m_tiny" in card and "8000 Hz" in card
     assert f"{float(avg[3]):.2f} dB" in card  # mean SI-SNR
 
@@ -108,8 +120,7 @@ class ShufflingOracle:
         chunk = mix[0]
         full = self.sources.sum(0)
         start = next(
-            s for s in range(full.shape[0] - chunk.shape[0] + 1)
-            if torch.equal(full[s : s + chunk.shape[0]], chunk)
+            s for s in range(full.shape[0] - chunk.shape[0] + 1) if torch.equal(full[s : s + chunk.shape[0]], chunk)
         )
         truth = self.sources[:, start : start + chunk.shape[0]].T  # [time, spks]
         order = torch.randperm(truth.shape[1], generator=self.generator)
@@ -121,10 +132,12 @@ class ShufflingOracle:
 def test_chunks_keep_each_speaker_on_its_track(length):
     torch.manual_seed(1)
     t = torch.arange(length) / 8000
-    sources = torch.stack([
-        torch.sin(2 * np.pi * 220 * t) * (1 + torch.sin(2 * np.pi * 3 * t)),
-        0.5 * torch.randn(length),
-    ])
+    sources = torch.stack(
+        [
+            torch.sin(2 * np.pi * 220 * t) * (1 + torch.sin(2 * np.pi * 3 * t)),
+            0.5 * torch.randn(length),
+        ]
+    )
     estimate = separate_in_chunks(ShufflingOracle(sources), sources.sum(0), 1000, 250)
     scores = si_snr(estimate[None], sources.T[None])
     if scores.mean() < 0:  # the global order is arbitrary: the first chunk decides
@@ -217,9 +230,7 @@ def test_cli_bad_inputs_get_one_clear_line_each(inputs, model_dir, tmp_path, cap
     data[1000:1100] = np.nan
     sf.write(str(bad / "nan.wav"), data, rate, subtype="FLOAT")  # float WAV: NaN survives
     out = tmp_path / "out"
-    status = separate_main(
-        ["--model", model_dir, str(bad), str(inputs / "good0.wav"), "--out", str(out)]
-    )
+    status = separate_main(["--model", model_dir, str(bad), str(inputs / "good0.wav"), "--out", str(out)])
     err = capsys.readouterr().err
     assert status == 1
     assert f"{bad / 'notaudio.wav'}: Could not read" in err
@@ -232,7 +243,6 @@ def test_cli_bad_inputs_get_one_clear_line_each(inputs, model_dir, tmp_path, cap
 
 @pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
 def test_long_audio_separator_refuses_non_finite_audio(model_dir, bad_value):
-    from speechbrain_s4m.long_audio import LongAudioSeparator
 
     separator = LongAudioSeparator.from_folder(model_dir)
     mix = torch.zeros(8000)
@@ -244,6 +254,8 @@ def test_long_audio_separator_refuses_non_finite_audio(model_dir, bad_value):
 def test_cli_console_script_help():
     result = subprocess.run(
         [sys.executable, "-m", "speechbrain_s4m.separate", "--help"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 0 and "model's sample rate" in " ".join(result.stdout.split())

@@ -44,7 +44,11 @@ def test_missing_wrong_and_misspelt_keys_are_named_with_the_file(tmp_path):
 
 def test_optional_keys_get_defaults_and_conditional_keys_are_required():
     keys = [key for key in RECIPE_KEYS if key.name in ("dynamic_mixing", "base_folder_dm", "lr_decay_final")]
-    assert check_hparams({}, keys, "x.yaml") == {"dynamic_mixing": False, "base_folder_dm": None, "lr_decay_final": 0.01}
+    assert check_hparams({}, keys, "x.yaml") == {
+        "dynamic_mixing": False,
+        "base_folder_dm": None,
+        "lr_decay_final": 0.01,
+    }
     with pytest.raises(ValueError, match=r"x.yaml: base_folder_dm is missing \(needed when dynamic_mixing is True\)"):
         check_hparams({"dynamic_mixing": True}, keys, "x.yaml")
 

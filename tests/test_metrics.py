@@ -25,24 +25,18 @@ from speechbrain_s4m.metrics import (
 )
 
 SAMPLE_RATE = 8000
-LIBRISPEECH_8K = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mini-librispeech-8k"
-)
+LIBRISPEECH_8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mini-librispeech-8k"
 MIR_EVAL_TOL_DB = 0.1
 
 
 # ------------------------------------------------------------------------ helpers
-def _mir_eval_bss(
-    reference: np.ndarray, estimate: np.ndarray, permute: bool
-) -> Tuple[np.ndarray, np.ndarray]:
+def _mir_eval_bss(reference: np.ndarray, estimate: np.ndarray, permute: bool) -> Tuple[np.ndarray, np.ndarray]:
     """mir_eval SDR ``[num_spks]`` per reference source, and its permutation (estimate
     ``perm[j]`` is matched with reference ``j``); inputs are ``[num_spks, time]``."""
     mir_eval_separation = pytest.importorskip("mir_eval.separation")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # bss_eval_sources is deprecated in mir_eval 0.8
-        sdr_, _, _, perm = mir_eval_separation.bss_eval_sources(
-            reference, estimate, compute_permutation=permute
-        )
+        sdr_, _, _, perm = mir_eval_separation.bss_eval_sources(reference, estimate, compute_permutation=permute)
     return sdr_, perm
 
 
@@ -60,9 +54,7 @@ def _numpy_si_snr(estimate: np.ndarray, reference: np.ndarray, eps: float = 1e-8
     return float(10 * np.log10(np.sum(s_target**2) / (np.sum(e_noise**2) + eps) + eps))
 
 
-def _imperfect_estimates(
-    sources: np.ndarray, leak: float, rng: np.random.Generator
-) -> np.ndarray:
+def _imperfect_estimates(sources: np.ndarray, leak: float, rng: np.random.Generator) -> np.ndarray:
     """Sources ``[num_spks, time]`` plus ``leak`` of the other sources, a little noise,
     lightly low-pass filtered: a realistic separation output (SDR 5-20 dB)."""
     num_spks = sources.shape[0]
@@ -91,9 +83,7 @@ def _to_torch(signals: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(signals.T))[None]
 
 
-def _load_librispeech_pairs(
-    num_pairs: int, seconds: float
-) -> List[Tuple[np.ndarray, np.ndarray]]:
+def _load_librispeech_pairs(num_pairs: int, seconds: float) -> List[Tuple[np.ndarray, np.ndarray]]:
     """``num_pairs`` pairs of ``seconds``-long crops of utterances of two speakers."""
     soundfile = pytest.importorskip("soundfile")
     root = LIBRISPEECH_8K / "train-clean-5"
@@ -106,9 +96,7 @@ def _load_librispeech_pairs(
         for path in sorted(speaker.glob("*/*.flac")):
             info = soundfile.info(str(path))
             if info.samplerate == SAMPLE_RATE and info.frames >= offset + length:
-                audio, _ = soundfile.read(
-                    str(path), start=offset, frames=length, dtype="float64"
-                )
+                audio, _ = soundfile.read(str(path), start=offset, frames=length, dtype="float64")
                 crops.append(audio if audio.ndim == 1 else audio[:, 0])
                 break  # one utterance per speaker
         if len(crops) == 2 * num_pairs:
@@ -125,9 +113,7 @@ def test_si_snr_matches_numpy_formula():
     est = ref + 0.2 * rng.standard_normal(ref.shape) - 0.1
     got = si_snr(torch.from_numpy(est), torch.from_numpy(ref))
     assert got.shape == (3, 2) and got.dtype == torch.float64
-    expected = [
-        [_numpy_si_snr(est[b, :, j], ref[b, :, j]) for j in range(2)] for b in range(3)
-    ]
+    expected = [[_numpy_si_snr(est[b, :, j], ref[b, :, j]) for j in range(2)] for b in range(3)]
     np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-9)
 
 
@@ -147,9 +133,7 @@ def test_si_snr_is_scale_invariant(scale):
     ref = torch.randn(2, 8000, 2, dtype=torch.float64)
     est = ref + 0.3 * torch.randn_like(ref)
     # exact up to the absolute eps=1e-8 in the energies (signal energy ~8e-3 at 1e-3)
-    torch.testing.assert_close(
-        si_snr(scale * est, ref), si_snr(est, ref), atol=1e-4, rtol=0
-    )
+    torch.testing.assert_close(si_snr(scale * est, ref), si_snr(est, ref), atol=1e-4, rtol=0)
 
 
 def test_float32_and_float64_agree():
@@ -194,9 +178,7 @@ def test_separation_metrics_ignore_estimate_order():
 
 
 # --------------------------------------------------------------- SDR vs mir_eval
-def _check_against_mir_eval(
-    mixture: np.ndarray, sources: np.ndarray, estimates: np.ndarray
-) -> float:
+def _check_against_mir_eval(mixture: np.ndarray, sources: np.ndarray, estimates: np.ndarray) -> float:
     """Compare sdr/separation_metrics with mir_eval for one utterance; return the
     largest absolute difference (dB). Arrays are ``[time]`` and ``[num_spks, time]``."""
     num_spks = sources.shape[0]
@@ -213,9 +195,7 @@ def _check_against_mir_eval(
     diffs.append(np.abs(ours_perm[0].numpy() - theirs_perm).max())
 
     # the per-utterance summary, improvements included
-    scores = separation_metrics(
-        torch.from_numpy(mixture)[None], _to_torch(shuffled), _to_torch(sources)
-    )
+    scores = separation_metrics(torch.from_numpy(mixture)[None], _to_torch(shuffled), _to_torch(sources))
     theirs_mix = _mir_eval_sdr(sources, np.stack([mixture] * num_spks))
     diffs.append(abs(scores["sdr"].item() - theirs_perm.mean()))
     diffs.append(abs(scores["sdr_i"].item() - (theirs_perm - theirs_mix).mean()))
@@ -286,13 +266,9 @@ def test_improvements_are_differences_with_the_mixture():
     perm, si = best_permutation(est, ref)
     aligned = apply_permutation(est, perm)
     torch.testing.assert_close(scores["si_snr"], si.mean(dim=1))
-    torch.testing.assert_close(
-        scores["si_snr_i"], scores["si_snr"] - si_snr(mix_as_estimate, ref).mean(dim=1)
-    )
+    torch.testing.assert_close(scores["si_snr_i"], scores["si_snr"] - si_snr(mix_as_estimate, ref).mean(dim=1))
     torch.testing.assert_close(scores["sdr"], sdr(aligned, ref).mean(dim=1))
-    torch.testing.assert_close(
-        scores["sdr_i"], scores["sdr"] - sdr(mix_as_estimate, ref).mean(dim=1)
-    )
+    torch.testing.assert_close(scores["sdr_i"], scores["sdr"] - sdr(mix_as_estimate, ref).mean(dim=1))
     for value in scores.values():
         assert value.shape == (3,)
 
@@ -357,9 +333,7 @@ def test_shape_errors_name_the_argument(estimate_shape, reference_shape, name, m
 @pytest.mark.parametrize("mixture_shape", [(2, 1000, 1), (2, 999), (3, 1000), (1000,)])
 def test_mixture_shape_error(mixture_shape):
     with pytest.raises(ValueError, match=r"^mixture: expected shape \(2, 1000\)"):
-        separation_metrics(
-            torch.randn(mixture_shape), torch.randn(2, 1000, 2), torch.randn(2, 1000, 2)
-        )
+        separation_metrics(torch.randn(mixture_shape), torch.randn(2, 1000, 2), torch.randn(2, 1000, 2))
 
 
 def test_other_argument_errors():

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from speechbrain_s4m.curves import read_training_curve
-
-sys.path.insert(0, os.path.dirname(__file__))
-from tiny_datasets import (  # noqa: E402
+from tiny_datasets import (
     make_librimix,
     make_librispeech_folder,
     make_lrs2mix,
     make_wsj0_speaker_folder,
     make_wsj0mix,
 )
+
+from speechbrain_s4m.curves import read_training_curve
+
+pytestmark = pytest.mark.slow  # trains recipes (see tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {"WSJ0Mix": make_wsj0mix, "LibriMix": make_librimix, "LRS2Mix": make_lrs2mix}
@@ -122,9 +122,15 @@ def test_dynamic_mixing_trains_from_a_speaker_folder(datasets, tmp_path):
     out = tmp_path / "out"
     run(
         train_command(
-            "WSJ0Mix", "s4m_tiny", datasets["WSJ0Mix"], out, "--debug",
-            "--dynamic_mixing=True", f"--base_folder_dm={speakers}",
-            "--dm_examples_per_epoch=2", "--limit_training_signal_len=True",
+            "WSJ0Mix",
+            "s4m_tiny",
+            datasets["WSJ0Mix"],
+            out,
+            "--debug",
+            "--dynamic_mixing=True",
+            f"--base_folder_dm={speakers}",
+            "--dm_examples_per_epoch=2",
+            "--limit_training_signal_len=True",
             "--training_signal_len=4000",
         )
     )
@@ -133,9 +139,7 @@ def test_dynamic_mixing_trains_from_a_speaker_folder(datasets, tmp_path):
 
 def _brain_state(save_folder):
     """(epoch counter, optimizer steps) of the newest checkpoint."""
-    complete = [
-        p for p in Path(save_folder).glob("CKPT+*") if (p / "dataloader-TRAIN.ckpt").is_file()
-    ]
+    complete = [p for p in Path(save_folder).glob("CKPT+*") if (p / "dataloader-TRAIN.ckpt").is_file()]
     if not complete:
         return None
     newest = max(complete, key=lambda p: p.name)
@@ -152,9 +156,15 @@ def test_killed_training_resumes_without_losing_or_repeating_an_epoch(tmp_path):
     out = tmp_path / "out"
     data = make_librimix(tmp_path / "data", n_train=24, with_noise=False)
     command = train_command(
-        "LibriMix", "s4m_tiny", data, out,
-        "--N_epochs=2", "--ckpt_interval_minutes=0", "--ckpt_interval_steps=1",
-        "--use_speedperturb=False", "--sorting=none",
+        "LibriMix",
+        "s4m_tiny",
+        data,
+        out,
+        "--N_epochs=2",
+        "--ckpt_interval_minutes=0",
+        "--ckpt_interval_steps=1",
+        "--use_speedperturb=False",
+        "--sorting=none",
     )
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -184,10 +194,14 @@ def test_two_process_ddp_on_cpu(datasets, tmp_path):
     out = tmp_path / "out"
     folder = REPO / "recipes" / "LRS2Mix" / "separation"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
         "--master_port=29561",
-        *train_command("LRS2Mix", "s4m_tiny", datasets["LRS2Mix"], out, "--N_epochs=1",
-                       "--distributed_backend=gloo")[1:],
+        *train_command("LRS2Mix", "s4m_tiny", datasets["LRS2Mix"], out, "--N_epochs=1", "--distributed_backend=gloo")[
+            1:
+        ],
     ]
     assert command[5] == str(folder / "train.py")
     run(command, timeout=400)
@@ -200,10 +214,12 @@ def test_two_process_debug_run_finishes(datasets, tmp_path):
     # for ever after the second epoch (speechbrain_compat.share_debug_checkpoints_dir).
     out = tmp_path / "out"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
         "--master_port=29562",
-        *train_command("LibriMix", "s4m_tiny", datasets["LibriMix"], out, "--debug",
-                       "--distributed_backend=gloo")[1:],
+        *train_command("LibriMix", "s4m_tiny", datasets["LibriMix"], out, "--debug", "--distributed_backend=gloo")[1:],
     ]
     run(command, timeout=300)
     assert (out / "train_log.txt").read_text().count("epoch: 2,") == 1
@@ -215,8 +231,13 @@ def test_long_test_mixtures_are_separated_in_chunks(datasets, tmp_path):
     out = tmp_path / "out"
     run(
         train_command(
-            "LRS2Mix", "s4m_tiny", datasets["LRS2Mix"], out, "--debug",
-            "--eval_chunk_seconds=0.4", "--eval_overlap_seconds=0.1",
+            "LRS2Mix",
+            "s4m_tiny",
+            datasets["LRS2Mix"],
+            out,
+            "--debug",
+            "--eval_chunk_seconds=0.4",
+            "--eval_overlap_seconds=0.1",
         )
     )
     rows = read_results(out)
@@ -257,8 +278,14 @@ def test_start_from_mixture_initialises_the_decoder_as_the_encoder_inverse(datas
     out = tmp_path / "out"
     run(
         train_command(
-            "WSJ0Mix", "s4m_tiny", datasets["WSJ0Mix"], out, "--N_epochs=1",
-            "--max_train_minutes=0.0001", "--start_from_mixture=True", "--lr=1e-9",
+            "WSJ0Mix",
+            "s4m_tiny",
+            datasets["WSJ0Mix"],
+            out,
+            "--N_epochs=1",
+            "--max_train_minutes=0.0001",
+            "--start_from_mixture=True",
+            "--lr=1e-9",
         )
     )
     checkpoint = sorted((out / "save").glob("CKPT+*"))[-1]
@@ -290,9 +317,15 @@ def test_dynamic_mixing_from_librispeech_with_a_speaker_list(datasets, tmp_path)
     out = tmp_path / "out"
     run(
         train_command(
-            "LibriMix", "s4m_tiny", datasets["LibriMix"], out, "--debug",
-            "--dynamic_mixing=True", f"--base_folder_dm={folder}",
-            f"--dm_speakers_file={speakers}", "--dm_examples_per_epoch=2",
+            "LibriMix",
+            "s4m_tiny",
+            datasets["LibriMix"],
+            out,
+            "--debug",
+            "--dynamic_mixing=True",
+            f"--base_folder_dm={folder}",
+            f"--dm_speakers_file={speakers}",
+            "--dm_examples_per_epoch=2",
         )
     )
     assert read_results(out)[-1]["snt_id"] == "avg"

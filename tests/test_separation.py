@@ -103,8 +103,13 @@ def _recipe_brain(tmp_path, *overrides):
     from speechbrain_s4m.separation import SeparationBrain
 
     yaml_path = REPO / "recipes" / "LibriMix" / "separation" / "hparams" / "s4m_tiny.yaml"
-    options = [f"data_folder: {tmp_path / 'data'}", f"output_folder: {tmp_path / 'out'}",
-               "num_blocks: 1", "hidden_channels: 16", *overrides]
+    options = [
+        f"data_folder: {tmp_path / 'data'}",
+        f"output_folder: {tmp_path / 'out'}",
+        "num_blocks: 1",
+        "hidden_channels: 16",
+        *overrides,
+    ]
     with open(yaml_path, encoding="utf-8") as f:
         hparams = load_hyperpyyaml(f, "\n".join(options))
     brain = SeparationBrain(
@@ -148,12 +153,15 @@ def test_optimizer_state_saved_in_one_group_is_split_on_resume(tmp_path):
     def toy_brain():
         model = _toy_module()
         model[0].bias.requires_grad_(True)
+
         def opt_class(params):
             return torch.optim.Adam(params, lr=1e-3, weight_decay=0.01)
 
         checkpointer = Checkpointer(tmp_path, {"model": model})
         brain = SeparationBrain(
-            modules={"model": model}, opt_class=opt_class, run_opts={"device": "cpu"},
+            modules={"model": model},
+            opt_class=opt_class,
+            run_opts={"device": "cpu"},
             checkpointer=checkpointer,
         )
         return brain, model
@@ -197,7 +205,9 @@ def test_optimizer_state_saved_in_another_parameter_order_is_left_out(tmp_path, 
         model.a._optim = {"weight_decay": 0.0}
         checkpointer = Checkpointer(tmp_path, {"model": model})
         brain = SeparationBrain(
-            modules={"model": model}, run_opts={"device": "cpu"}, checkpointer=checkpointer,
+            modules={"model": model},
+            run_opts={"device": "cpu"},
+            checkpointer=checkpointer,
             opt_class=lambda params: torch.optim.Adam(params, lr=1e-3),
         )
         return brain, model
@@ -292,17 +302,20 @@ def test_a_batch_with_non_finite_audio_is_skipped_and_named(tmp_path, caplog):
 def test_training_crops_fall_within_each_examples_own_audio(tmp_path):
     # One long and one short example in a padded batch: every crop is a slice of its
     # own example's audio, never of the short one's zero padding.
-    import torch
     import speechbrain as sb
+    import torch
     from speechbrain.dataio.batch import PaddedBatch
 
-    brain = _recipe_brain(tmp_path, "use_speedperturb: False", "limit_training_signal_len: True",
-                          "training_signal_len: 300")
+    brain = _recipe_brain(
+        tmp_path, "use_speedperturb: False", "limit_training_signal_len: True", "training_signal_len: 300"
+    )
     long_sources, short_sources = torch.rand(2, 2000) + 1, torch.rand(2, 500) + 1  # never zero
-    batch = PaddedBatch([
-        {"id": "long", "mix_sig": long_sources.sum(0), "s1_sig": long_sources[0], "s2_sig": long_sources[1]},
-        {"id": "short", "mix_sig": short_sources.sum(0), "s1_sig": short_sources[0], "s2_sig": short_sources[1]},
-    ])
+    batch = PaddedBatch(
+        [
+            {"id": "long", "mix_sig": long_sources.sum(0), "s1_sig": long_sources[0], "s2_sig": long_sources[1]},
+            {"id": "short", "mix_sig": short_sources.sum(0), "s1_sig": short_sources[0], "s2_sig": short_sources[1]},
+        ]
+    )
     torch.manual_seed(0)
     for _ in range(20):
         mix, targets, _ = brain._batch_signals(batch)
@@ -312,7 +325,7 @@ def test_training_crops_fall_within_each_examples_own_audio(tmp_path):
         for example, sources in enumerate((long_sources, short_sources)):
             first = cropped[example, 0, 0]
             start = int((sources[0] == first).nonzero()[0])
-            assert torch.equal(cropped[example], sources[:, start:start + 300].T)
+            assert torch.equal(cropped[example], sources[:, start : start + 300].T)
 
     tiny = torch.rand(2, 100) + 1  # shorter than the crop: kept whole
     batch = PaddedBatch([{"id": "tiny", "mix_sig": tiny.sum(0), "s1_sig": tiny[0], "s2_sig": tiny[1]}])

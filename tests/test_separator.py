@@ -12,7 +12,11 @@ from speechbrain_s4m.separator import EncoderMaskerDecoder, fit_length
 
 def lobes(num_spks=2):
     torch.manual_seed(0)
-    return WaveformEncoder(16), S4MMaskNet(9, num_spks=num_spks, hidden_channels=16, num_blocks=1), Decoder(9, 1, 16, stride=4, bias=False)
+    return (
+        WaveformEncoder(16),
+        S4MMaskNet(9, num_spks=num_spks, hidden_channels=16, num_blocks=1),
+        Decoder(9, 1, 16, stride=4, bias=False),
+    )
 
 
 @pytest.mark.parametrize("num_spks", [1, 2, 3])
@@ -64,7 +68,9 @@ def test_bad_shapes_are_named():
     separator = EncoderMaskerDecoder(*lobes())
     with pytest.raises(ValueError, match=r"\[batch, time\], got \(1000,\)"):
         separator(torch.randn(1000))
-    wrong_masker = EncoderMaskerDecoder(WaveformEncoder(16), torch.nn.Identity(), Decoder(9, 1, 16, stride=4, bias=False))
+    wrong_masker = EncoderMaskerDecoder(
+        WaveformEncoder(16), torch.nn.Identity(), Decoder(9, 1, 16, stride=4, bias=False)
+    )
     with pytest.raises(ValueError, match="mask net returned"):
         wrong_masker(torch.randn(1, 1000))
     with pytest.raises(ValueError, match=r"\[batch, time, spks\]"):

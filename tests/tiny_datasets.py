@@ -11,9 +11,8 @@ a per-speaker pitch, vibrato and a syllable-rate envelope); everything is determ
 given ``seed``. Use pytest's ``tmp_path`` as ``root``: nothing is ever written next to
 the shared data or into the repository.
 
-Usage from a test file::
+Usage from a test file (tests/conftest.py puts tests/ on the path)::
 
-    sys.path.insert(0, os.path.dirname(__file__))
     from tiny_datasets import make_wsj0mix
 """
 
@@ -249,8 +248,18 @@ def make_wsj0mix(
     splits = (("train", "tr", n_train), ("valid", "cv", n_valid), ("test", "tt", n_test))
     for split, sub, count in splits:
         _make_mixtures(
-            os.path.join(base, sub), count, sample_rate, mode, num_spks, seconds, rng,
-            speakers, ranges[split], "wsj0mix", ["mix"], with_noise=False,
+            os.path.join(base, sub),
+            count,
+            sample_rate,
+            mode,
+            num_spks,
+            seconds,
+            rng,
+            speakers,
+            ranges[split],
+            "wsj0mix",
+            ["mix"],
+            with_noise=False,
         )
     return os.fspath(root)
 
@@ -290,8 +299,18 @@ def make_librimix(
     splits = (("train", train_subset, n_train), ("valid", "dev", n_valid), ("test", "test", n_test))
     for split, sub, count in splits:
         _make_mixtures(
-            os.path.join(base, sub), count, sample_rate, mode, num_spks, seconds, rng,
-            speakers, ranges[split], "librimix", mix_dirs, with_noise=with_noise,
+            os.path.join(base, sub),
+            count,
+            sample_rate,
+            mode,
+            num_spks,
+            seconds,
+            rng,
+            speakers,
+            ranges[split],
+            "librimix",
+            mix_dirs,
+            with_noise=with_noise,
         )
     return os.fspath(root)
 
@@ -321,8 +340,18 @@ def make_lrs2mix(
     splits = (("train", "tr", n_train), ("valid", "cv", n_valid), ("test", "tt", n_test))
     for split, sub, count in splits:
         _make_mixtures(
-            os.path.join(os.fspath(root), sub), count, 16000, "min", num_spks, seconds, rng,
-            speakers, ranges[split], "lrs2mix", ["mix"], with_noise=False,
+            os.path.join(os.fspath(root), sub),
+            count,
+            16000,
+            "min",
+            num_spks,
+            seconds,
+            rng,
+            speakers,
+            ranges[split],
+            "lrs2mix",
+            ["mix"],
+            with_noise=False,
         )
     return os.fspath(root)
 

@@ -89,9 +89,7 @@ def audio_info(path: PathLike) -> AudioInfo:
     return AudioInfo(path, int(info.samplerate), int(info.frames), int(info.channels))
 
 
-def read_audio(
-    path: PathLike, start: int = 0, stop: Optional[int] = None
-) -> Tuple[torch.Tensor, int]:
+def read_audio(path: PathLike, start: int = 0, stop: Optional[int] = None) -> Tuple[torch.Tensor, int]:
     """Read (part of) an audio file as a mono float32 tensor.
 
     Multi-channel files are averaged to mono.
@@ -126,9 +124,7 @@ def read_audio(
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Audio file not found: {path}")
     try:
-        data, sample_rate = sf.read(
-            path, start=start, stop=stop, dtype="float32", always_2d=True
-        )
+        data, sample_rate = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
     except Exception as error:
         raise ValueError(
             f"Could not read audio from {path} (samples {start} to {stop}): {error}. "
@@ -162,9 +158,7 @@ def resample(signal: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tenso
     torch.Size([16000])
     """
     if orig_rate <= 0 or new_rate <= 0:
-        raise ValueError(
-            f"resample: sample rates must be positive, got {orig_rate} -> {new_rate}"
-        )
+        raise ValueError(f"resample: sample rates must be positive, got {orig_rate} -> {new_rate}")
     if orig_rate == new_rate:
         return signal
     import torchaudio.functional  # imported lazily: only needed when rates differ
@@ -227,8 +221,7 @@ def read_segment(
     """
     if start < 0 or length < 0:
         raise ValueError(
-            f"read_segment({os.fspath(path)}): start and length must be >= 0, "
-            f"got start={start}, length={length}"
+            f"read_segment({os.fspath(path)}): start and length must be >= 0, got start={start}, length={length}"
         )
     if file_rate is None:
         file_rate = audio_info(path).sample_rate

@@ -24,9 +24,7 @@ from speechbrain_s4m.data.audio import audio_info, read_segment, resampled_lengt
 AUDIO_EXTENSIONS = (".wav", ".flac")
 LAYOUTS = {
     "wsj0": "<folder>/<speaker>/*.wav (e.g. WSJ0's si_tr_s)",
-    "librispeech": (
-        "<folder>/<speaker>/<chapter>/<utterance>.flac (e.g. LibriSpeech's train-clean-100)"
-    ),
+    "librispeech": ("<folder>/<speaker>/<chapter>/<utterance>.flac (e.g. LibriSpeech's train-clean-100)"),
 }
 
 
@@ -178,9 +176,7 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         max_peak: float = 0.9,
     ):
         if layout not in LAYOUTS:
-            raise ValueError(
-                f"layout: expected one of {', '.join(repr(k) for k in LAYOUTS)}, got {layout!r}"
-            )
+            raise ValueError(f"layout: expected one of {', '.join(repr(k) for k in LAYOUTS)}, got {layout!r}")
         if not isinstance(num_spks, int) or num_spks < 2:
             raise ValueError(f"num_spks: expected an integer >= 2, got {num_spks!r}")
         if not isinstance(num_examples, int) or num_examples < 1:
@@ -188,17 +184,12 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         if not isinstance(sample_rate, int) or sample_rate <= 0:
             raise ValueError(f"sample_rate: expected a positive integer, got {sample_rate!r}")
         if segment_seconds is not None and not segment_seconds > 0:
-            raise ValueError(
-                f"segment_seconds: expected a positive number of seconds or None, "
-                f"got {segment_seconds!r}"
-            )
+            raise ValueError(f"segment_seconds: expected a positive number of seconds or None, got {segment_seconds!r}")
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
         low, high = (float(v) for v in level_range_db)
         if not low <= high:
-            raise ValueError(
-                f"level_range_db: expected (low, high) with low <= high, got {level_range_db!r}"
-            )
+            raise ValueError(f"level_range_db: expected (low, high) with low <= high, got {level_range_db!r}")
         if not 0 < max_peak <= 1:
             raise ValueError(f"max_peak: expected a value in (0, 1], got {max_peak!r}")
 
@@ -234,33 +225,24 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
             os.path.join(folder, name)
             for folder in folders
             for name in sorted(os.listdir(folder))
-            if name.lower().endswith(AUDIO_EXTENSIONS)
-            and os.path.isfile(os.path.join(folder, name))
+            if name.lower().endswith(AUDIO_EXTENSIONS) and os.path.isfile(os.path.join(folder, name))
         ]
 
-    def _scan(
-        self, speakers: Optional[Sequence[str]], min_seconds: Optional[float]
-    ) -> Dict[str, List[Utterance]]:
+    def _scan(self, speakers: Optional[Sequence[str]], min_seconds: Optional[float]) -> Dict[str, List[Utterance]]:
         root = self.source_folder
         if not os.path.isdir(root):
             raise FileNotFoundError(
-                f"Dynamic-mixing source folder not found: {root} (expected layout "
-                f"{LAYOUTS[self.layout]})"
+                f"Dynamic-mixing source folder not found: {root} (expected layout {LAYOUTS[self.layout]})"
             )
-        names = sorted(
-            name for name in os.listdir(root) if os.path.isdir(os.path.join(root, name))
-        )
+        names = sorted(name for name in os.listdir(root) if os.path.isdir(os.path.join(root, name)))
         if speakers is not None:
             if isinstance(speakers, str):
-                raise ValueError(
-                    f"speakers: expected a list of speaker names, got the string {speakers!r}"
-                )
+                raise ValueError(f"speakers: expected a list of speaker names, got the string {speakers!r}")
             wanted = [str(s) for s in speakers]
             unknown = sorted(set(wanted) - set(names))
             if unknown:
                 raise ValueError(
-                    f"speakers: {', '.join(unknown)} not found in {root} (expected layout "
-                    f"{LAYOUTS[self.layout]})"
+                    f"speakers: {', '.join(unknown)} not found in {root} (expected layout {LAYOUTS[self.layout]})"
                 )
             names = sorted(set(wanted))
         min_samples = 1
@@ -272,9 +254,7 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
             utterances = []
             for path in self._speaker_files(os.path.join(root, speaker)):
                 info = audio_info(path)  # names the file if unreadable
-                num_samples = resampled_length(
-                    info.num_frames, info.sample_rate, self.sample_rate
-                )
+                num_samples = resampled_length(info.num_frames, info.sample_rate, self.sample_rate)
                 if num_samples >= min_samples:
                     utterances.append(Utterance(path, speaker, info.sample_rate, num_samples))
             if utterances:
@@ -305,19 +285,12 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         without reading any audio."""
         return self._draw(index, epoch)[0]
 
-    def _draw(
-        self, index: int, epoch: Optional[int] = None
-    ) -> Tuple[MixturePlan, List[Utterance]]:
+    def _draw(self, index: int, epoch: Optional[int] = None) -> Tuple[MixturePlan, List[Utterance]]:
         if not 0 <= index < self.num_examples:
-            raise IndexError(
-                f"DynamicMixingDataset: index {index} out of range (num_examples="
-                f"{self.num_examples})"
-            )
+            raise IndexError(f"DynamicMixingDataset: index {index} out of range (num_examples={self.num_examples})")
         epoch = self.epoch if epoch is None else epoch
         rng = np.random.default_rng([self.seed, int(epoch), int(index)])
-        picked = rng.choice(
-            len(self.speakers), size=self.num_spks, replace=False, p=self._speaker_weights
-        )
+        picked = rng.choice(len(self.speakers), size=self.num_spks, replace=False, p=self._speaker_weights)
         utterances = []
         for s in picked:
             choices = self.utterances[self.speakers[s]]
@@ -332,9 +305,7 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         else:
             reference = float(rng.uniform(low, high))
             snr = self.max_relative_snr_db
-            levels = [reference] + [
-                reference + float(rng.uniform(-snr, snr)) for _ in utterances[1:]
-            ]
+            levels = [reference] + [reference + float(rng.uniform(-snr, snr)) for _ in utterances[1:]]
         plan = MixturePlan(
             speakers=[u.speaker for u in utterances],
             files=[u.path for u in utterances],
@@ -361,8 +332,7 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
             stacked = stacked * scale
             mixture = stacked.sum(0)
         item: Dict[str, Union[str, torch.Tensor]] = {
-            "id": f"dm_e{self.epoch}_i{index}_"
-            + "_".join(os.path.splitext(os.path.basename(f))[0] for f in plan.files)
+            "id": f"dm_e{self.epoch}_i{index}_" + "_".join(os.path.splitext(os.path.basename(f))[0] for f in plan.files)
         }
         item["mix_sig"] = mixture.contiguous()
         for k in range(self.num_spks):

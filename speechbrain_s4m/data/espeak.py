@@ -80,9 +80,7 @@ class _Event(ctypes.Structure):
     ]
 
 
-_CALLBACK = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
-)
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
 
 
 def _libc_srand():
@@ -112,9 +110,7 @@ class _Engine:
             data_path = espeakng_loader.get_data_path()
             lib = ctypes.CDLL(lib_path)
         except (OSError, RuntimeError) as error:
-            raise EspeakError(
-                f"espeak: cannot load the espeak-ng library {lib_path}: {error}"
-            ) from error
+            raise EspeakError(f"espeak: cannot load the espeak-ng library {lib_path}: {error}") from error
         lib.espeak_Initialize.argtypes = [
             ctypes.c_int,
             ctypes.c_int,
@@ -148,19 +144,11 @@ class _Engine:
             self._set_seed.restype = None
         self._srand = _libc_srand()
 
-        rate = lib.espeak_Initialize(
-            _AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), _espeakINITIALIZE_DONT_EXIT
-        )
+        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), _espeakINITIALIZE_DONT_EXIT)
         if rate <= 0:
-            raise EspeakError(
-                f"espeak: espeak_Initialize failed (returned {rate}) with the data "
-                f"folder {data_path}"
-            )
+            raise EspeakError(f"espeak: espeak_Initialize failed (returned {rate}) with the data folder {data_path}")
         if rate != SAMPLE_RATE:
-            raise EspeakError(
-                f"espeak: expected espeak-ng to synthesize at {SAMPLE_RATE} Hz, it "
-                f"reports {rate} Hz"
-            )
+            raise EspeakError(f"espeak: expected espeak-ng to synthesize at {SAMPLE_RATE} Hz, it reports {rate} Hz")
         self.lib = lib
         self.sample_rate = rate
         self.lock = threading.Lock()
@@ -194,9 +182,7 @@ class _Engine:
                 (_espeakRANGE, pitch_range),
             ):
                 if self.lib.espeak_SetParameter(parameter, int(value), 0) != _EE_OK:
-                    raise EspeakError(
-                        f"espeak: cannot set parameter {parameter} to {value}"
-                    )
+                    raise EspeakError(f"espeak: cannot set parameter {parameter} to {value}")
             if self._set_seed is not None:
                 self._set_seed(int(seed))
             if self._srand is not None:
@@ -205,9 +191,7 @@ class _Engine:
             buffer = ctypes.create_string_buffer(data, len(data))
             self._chunks = []
             try:
-                status = self.lib.espeak_Synth(
-                    buffer, len(data), 0, _POS_CHARACTER, 0, _espeakCHARS_UTF8, None, None
-                )
+                status = self.lib.espeak_Synth(buffer, len(data), 0, _POS_CHARACTER, 0, _espeakCHARS_UTF8, None, None)
                 if status != _EE_OK:
                     raise EspeakError(f"espeak: espeak_Synth failed with status {status}")
                 self.lib.espeak_Synchronize()

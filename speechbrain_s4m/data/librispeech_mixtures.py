@@ -79,8 +79,7 @@ def split_speakers(
             gender = "FM"[i % 2]
             if not pools[gender]:
                 raise ValueError(
-                    f"Not enough {gender} speakers to hold out {num_test} test and "
-                    f"{num_valid} validation speakers"
+                    f"Not enough {gender} speakers to hold out {num_test} test and {num_valid} validation speakers"
                 )
             held_out[split].append(pools[gender].pop())
     taken = set(held_out["test"]) | set(held_out["valid"])
@@ -111,9 +110,14 @@ def make_librimix_from_librispeech(
     """
     options = {
         "librispeech_folder": os.path.abspath(librispeech_folder),
-        "num_train": num_train, "num_valid": num_valid, "num_test": num_test,
-        "test_speakers": test_speakers, "valid_speakers": valid_speakers,
-        "sample_rate": sample_rate, "segment_seconds": segment_seconds, "seed": seed,
+        "num_train": num_train,
+        "num_valid": num_valid,
+        "num_test": num_test,
+        "test_speakers": test_speakers,
+        "valid_speakers": valid_speakers,
+        "sample_rate": sample_rate,
+        "segment_seconds": segment_seconds,
+        "seed": seed,
     }
     stamp = OptionsStamp(out_folder, STAMP_KIND, options)
     speakers_path = os.path.join(out_folder, "speakers.json")
@@ -126,17 +130,17 @@ def make_librimix_from_librispeech(
     all_speakers = DynamicMixingDataset(
         librispeech_folder, layout="librispeech", sample_rate=sample_rate, num_examples=1
     ).speakers
-    splits = split_speakers(
-        all_speakers, read_genders(librispeech_folder), test_speakers, valid_speakers, seed
-    )
+    splits = split_speakers(all_speakers, read_genders(librispeech_folder), test_speakers, valid_speakers, seed)
     layout = os.path.join(out_folder, "Libri2Mix", f"wav{sample_rate // 1000}k", "min")
     stamp.clear()  # stale until every file is written
-    for index, (split, count) in enumerate(
-        (("train", num_train), ("valid", num_valid), ("test", num_test))
-    ):
+    for index, (split, count) in enumerate((("train", num_train), ("valid", num_valid), ("test", num_test))):
         mixer = DynamicMixingDataset(
-            librispeech_folder, layout="librispeech", sample_rate=sample_rate,
-            num_examples=count, segment_seconds=segment_seconds, seed=seed + 1000 * (index + 1),
+            librispeech_folder,
+            layout="librispeech",
+            sample_rate=sample_rate,
+            num_examples=count,
+            segment_seconds=segment_seconds,
+            seed=seed + 1000 * (index + 1),
             speakers=splits[split],
         )
         folder = os.path.join(layout, SPLIT_FOLDERS[split])
@@ -144,13 +148,13 @@ def make_librimix_from_librispeech(
             os.makedirs(os.path.join(folder, sub), exist_ok=True)
         for i in tqdm(range(count), desc=f"{split} mixtures", unit="mix"):
             item = mixer[i]
-            name = "_".join(
-                os.path.splitext(os.path.basename(f))[0] for f in mixer.plan(i, epoch=0).files
-            )
+            name = "_".join(os.path.splitext(os.path.basename(f))[0] for f in mixer.plan(i, epoch=0).files)
             for key, sub in (("mix_sig", "mix_clean"), ("s1_sig", "s1"), ("s2_sig", "s2")):
                 sf.write(
                     os.path.join(folder, sub, f"{i:04d}_{name}.wav"),
-                    item[key].numpy(), sample_rate, subtype="PCM_16",
+                    item[key].numpy(),
+                    sample_rate,
+                    subtype="PCM_16",
                 )
     with open(speakers_path, "w", encoding="utf-8") as f:
         json.dump(splits, f, indent=2)
@@ -172,7 +176,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--valid-speakers", type=int, default=2, help="held-out validation speakers (default 2)")
     parser.add_argument("--sample-rate", type=int, default=8000, help="8000 (default) or 16000")
     parser.add_argument(
-        "--segment-seconds", type=float, default=None,
+        "--segment-seconds",
+        type=float,
+        default=None,
         help="crop every mixture to this length (default: the shorter utterance, as Libri2Mix min)",
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -194,9 +200,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         return usage_error("s4m-make-librimix", error)
-    print(f"test speakers {splits['test']}, validation speakers {splits['valid']}, "
-          f"{len(splits['train'])} training speakers (listed in "
-          f"{os.path.join(args.out_folder, 'train_speakers.txt')})")
+    print(
+        f"test speakers {splits['test']}, validation speakers {splits['valid']}, "
+        f"{len(splits['train'])} training speakers (listed in "
+        f"{os.path.join(args.out_folder, 'train_speakers.txt')})"
+    )
     return 0
 
 

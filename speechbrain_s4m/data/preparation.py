@@ -10,8 +10,9 @@ absolute paths and ``duration`` in seconds (read from the file headers). Sources
 matched to mixtures by file name.
 
 It also writes ``<save_folder>/preparation_options.json`` (dataset, resolved data
-folder and options; :class:`~speechbrain_s4m.data.options_stamp.OptionsStamp`). A later call with the same options and all three CSVs present does
-nothing; a call with other options writes the CSVs again.
+folder and options; :class:`~speechbrain_s4m.data.options_stamp.OptionsStamp`). A later
+call with the same options and all three CSVs present does nothing; a call with other
+options writes the CSVs again.
 
 Layouts (``<sr>`` is ``wav8k`` or ``wav16k``, ``<mode>`` is ``min`` or ``max``):
 
@@ -46,9 +47,7 @@ STAMP_KIND = "preparation"  # <save_folder>/preparation_options.json
 
 def _check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     if value not in choices:
-        raise ValueError(
-            f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}"
-        )
+        raise ValueError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
 
 
 def _check_data_folder(data_folder: str) -> str:
@@ -86,9 +85,7 @@ def _split_rows(
     mix_folder = os.path.join(split_folder, mix_dir)
     mixtures = _wav_files(mix_folder)
     if not mixtures:
-        raise FileNotFoundError(
-            f"No mixtures in {mix_folder}: expected .wav files there, found none"
-        )
+        raise FileNotFoundError(f"No mixtures in {mix_folder}: expected .wav files there, found none")
     ids = sorted(mixtures)
     first = audio_info(mixtures[ids[0]])
     if first.sample_rate != sample_rate:
@@ -104,9 +101,7 @@ def _split_rows(
         for column, sub in source_dirs:
             path = os.path.join(split_folder, sub, utt_id + ".wav")
             if not os.path.isfile(path):
-                raise FileNotFoundError(
-                    f"Source file missing for mixture {mixtures[utt_id]}: expected {path}"
-                )
+                raise FileNotFoundError(f"Source file missing for mixture {mixtures[utt_id]}: expected {path}")
             row[column] = path
         rows.append(row)
     return rows
@@ -146,10 +141,7 @@ def _prepare(
             f"{pattern}; missing folders:\n  " + "\n  ".join(missing)
         )
 
-    rows = {
-        split: _split_rows(split_folders[split], mix_dir, source_dirs, sample_rate)
-        for split in SPLITS
-    }
+    rows = {split: _split_rows(split_folders[split], mix_dir, source_dirs, sample_rate) for split in SPLITS}
 
     os.makedirs(save_folder, exist_ok=True)
     stamp.clear()  # stale until all CSVs are rewritten
@@ -226,10 +218,7 @@ def prepare_wsj0mix(
         data_folder=folder,
         save_folder=save_folder,
         options={"sample_rate": sample_rate, "mode": mode, "num_spks": num_spks},
-        split_folders={
-            split: os.path.join(base, sub)
-            for split, sub in zip(SPLITS, ("tr", "cv", "tt"))
-        },
+        split_folders={split: os.path.join(base, sub) for split, sub in zip(SPLITS, ("tr", "cv", "tt"))},
         mix_dir="mix",
         source_dirs=sources,
         sample_rate=sample_rate,
@@ -288,9 +277,7 @@ def prepare_librimix(
     rate_dir = f"wav{sample_rate // 1000}k"
     if os.path.isdir(os.path.join(folder, mix_name)):
         folder = os.path.join(folder, mix_name)
-    elif os.path.basename(folder) != mix_name and not os.path.isdir(
-        os.path.join(folder, rate_dir)
-    ):
+    elif os.path.basename(folder) != mix_name and not os.path.isdir(os.path.join(folder, rate_dir)):
         raise FileNotFoundError(
             f"librimix: data_folder {folder} holds neither a {mix_name} folder nor a "
             f"{rate_dir} folder; expected {os.path.join(folder, mix_name, rate_dir)} "
@@ -312,10 +299,7 @@ def prepare_librimix(
             "train_subset": train_subset,
             "mixture_type": mixture_type,
         },
-        split_folders={
-            split: os.path.join(base, sub)
-            for split, sub in zip(SPLITS, (train_subset, "dev", "test"))
-        },
+        split_folders={split: os.path.join(base, sub) for split, sub in zip(SPLITS, (train_subset, "dev", "test"))},
         mix_dir=mixture_type,
         source_dirs=sources,
         sample_rate=sample_rate,
@@ -356,9 +340,7 @@ def prepare_lrs2mix(data_folder: str, save_folder: str, num_spks: int = 2) -> Di
         data_folder=folder,
         save_folder=save_folder,
         options={"num_spks": num_spks},
-        split_folders={
-            split: os.path.join(folder, sub) for split, sub in zip(SPLITS, ("tr", "cv", "tt"))
-        },
+        split_folders={split: os.path.join(folder, sub) for split, sub in zip(SPLITS, ("tr", "cv", "tt"))},
         mix_dir="mix",
         source_dirs=sources,
         sample_rate=16000,
@@ -373,9 +355,7 @@ PREPARERS: Dict[str, Callable[..., Dict[str, str]]] = {
 }
 
 
-def prepare_separation_data(
-    dataset: str, data_folder: str, save_folder: str, **options: Any
-) -> Dict[str, str]:
+def prepare_separation_data(dataset: str, data_folder: str, save_folder: str, **options: Any) -> Dict[str, str]:
     """Prepare any supported dataset by name.
 
     Arguments
@@ -402,19 +382,12 @@ def prepare_separation_data(
     ValueError: wsj0mix: unknown option 'train_subset'; expected some of sample_rate, mode, num_spks
     """
     if dataset not in PREPARERS:
-        raise ValueError(
-            f"dataset: expected one of {', '.join(repr(d) for d in PREPARERS)}, got {dataset!r}"
-        )
+        raise ValueError(f"dataset: expected one of {', '.join(repr(d) for d in PREPARERS)}, got {dataset!r}")
     prepare = PREPARERS[dataset]
-    accepted = [
-        name
-        for name in inspect.signature(prepare).parameters
-        if name not in ("data_folder", "save_folder")
-    ]
+    accepted = [name for name in inspect.signature(prepare).parameters if name not in ("data_folder", "save_folder")]
     unknown = [name for name in options if name not in accepted]
     if unknown:
         raise ValueError(
-            f"{dataset}: unknown option {', '.join(repr(u) for u in unknown)}; "
-            f"expected some of {', '.join(accepted)}"
+            f"{dataset}: unknown option {', '.join(repr(u) for u in unknown)}; expected some of {', '.join(accepted)}"
         )
     return prepare(data_folder, save_folder, **options)

@@ -71,8 +71,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from scipy.signal import resample_poly
 import soundfile as sf
+from scipy.signal import resample_poly
 
 from speechbrain_s4m.cli import command_parser, usage_error
 from speechbrain_s4m.data import espeak
@@ -256,17 +256,11 @@ def make_speakers(seed: int, counts: Sequence[int]) -> List[List[Speaker]]:
     pairs = [pairs[i] for i in order]
     num_train, num_dev, num_test = (int(c) for c in counts)
     if num_test + num_dev >= len(pairs):
-        raise ValueError(
-            f"synthetic: at most {len(pairs) - 1} dev + test speakers, got "
-            f"{num_dev} + {num_test}"
-        )
+        raise ValueError(f"synthetic: at most {len(pairs) - 1} dev + test speakers, got {num_dev} + {num_test}")
     voices = {
         "test": pairs[:num_test],
         "dev": pairs[num_test : num_test + num_dev],
-        "train": [
-            pairs[num_test + num_dev + i % (len(pairs) - num_test - num_dev)]
-            for i in range(num_train)
-        ],
+        "train": [pairs[num_test + num_dev + i % (len(pairs) - num_test - num_dev)] for i in range(num_train)],
     }
     result = []
     for index, (split, _, prefix) in enumerate(SPLITS):
@@ -280,9 +274,7 @@ def make_speakers(seed: int, counts: Sequence[int]) -> List[List[Speaker]]:
                     id=f"{prefix}{k:0{width}d}",
                     voice=voice,
                     pitch=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
-                    pitch_range=int(
-                        rng.integers(PITCH_SPAN_RANGE[0], PITCH_SPAN_RANGE[1] + 1)
-                    ),
+                    pitch_range=int(rng.integers(PITCH_SPAN_RANGE[0], PITCH_SPAN_RANGE[1] + 1)),
                     rate=int(rng.integers(RATE_RANGE[0], RATE_RANGE[1] + 1)),
                 )
             )
@@ -328,9 +320,7 @@ def _plan_split(
         if key in seen:
             continue
         seen.add(key)
-        mix_id = (
-            f"{speakers[a].id}-{ua:0{width}d}_{speakers[b].id}-{ub:0{width}d}"
-        )
+        mix_id = f"{speakers[a].id}-{ua:0{width}d}_{speakers[b].id}-{ub:0{width}d}"
         mixtures.append(_Mixture(mix_id, ((a, ua), (b, ub)), levels))
     return pools, mixtures
 
@@ -398,9 +388,7 @@ def _to_int16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def _mix(
-    sources: Sequence[np.ndarray], levels_db: Sequence[float]
-) -> Tuple[np.ndarray, List[np.ndarray], float]:
+def _mix(sources: Sequence[np.ndarray], levels_db: Sequence[float]) -> Tuple[np.ndarray, List[np.ndarray], float]:
     """Crop to the shortest, set the levels, limit the peak; int16 mixture and sources
     (the mixture is the exact sum of the sources), and the gain applied for the peak."""
     length = min(len(s) for s in sources)
@@ -436,9 +424,7 @@ def _make_split(
     metadata_dir = os.path.join(base, "metadata")
     os.makedirs(metadata_dir, exist_ok=True)
     total_seconds = 0.0
-    pools, mixtures = _plan_split(
-        seed, index, split_speakers, counts[f"num_{split}"]
-    )
+    pools, mixtures = _plan_split(seed, index, split_speakers, counts[f"num_{split}"])
     with tqdm(
         total=sum(len(p) for p in pools),
         desc=f"synthesize {folder}",
@@ -467,17 +453,13 @@ def _make_split(
                     f"s{n}_pitch": speaker.pitch,
                     f"s{n}_pitch_range": speaker.pitch_range,
                     f"s{n}_rate": speaker.rate,
-                    f"s{n}_level_db": round(
-                        mixture.levels_db[n - 1] + 20 * math.log10(gain), 2
-                    ),
+                    f"s{n}_level_db": round(mixture.levels_db[n - 1] + 20 * math.log10(gain), 2),
                     f"s{n}_text": request["text"],
                 }
             )
         rows.append(row)
     del audio
-    with open(
-        os.path.join(metadata_dir, f"{folder}.csv"), "w", newline="", encoding="utf-8"
-    ) as f:
+    with open(os.path.join(metadata_dir, f"{folder}.csv"), "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -575,9 +557,7 @@ def make_synthetic_librimix(
         "num_test_speakers": _check_positive("num_test_speakers", num_test_speakers, 2),
     }
     seed = _check_positive("seed", seed, 0)
-    options = _options(
-        **counts, **speaker_counts, sample_rate=int(sample_rate), seed=seed, mode="min"
-    )
+    options = _options(**counts, **speaker_counts, sample_rate=int(sample_rate), seed=seed, mode="min")
     root = os.path.abspath(os.fspath(root))
     say = (lambda message: print(message, file=sys.stderr)) if progress else (lambda m: None)
     stamp = OptionsStamp(root, STAMP_KIND, options)
@@ -607,8 +587,14 @@ def make_synthetic_librimix(
     base = _dataset_folder(root, sample_rate)
     total_seconds = sum(
         _make_split(
-            base=base, seed=seed, index=index, split_speakers=speakers[index], counts=counts,
-            sample_rate=sample_rate, workers=workers, progress=progress,
+            base=base,
+            seed=seed,
+            index=index,
+            split_speakers=speakers[index],
+            counts=counts,
+            sample_rate=sample_rate,
+            workers=workers,
+            progress=progress,
         )
         for index in range(len(SPLITS))
     )
@@ -667,19 +653,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="training speakers (default: %(default)s)",
     )
     parser.add_argument("--num-dev-speakers", type=int, default=DEFAULTS["num_dev_speakers"])
-    parser.add_argument(
-        "--num-test-speakers", type=int, default=DEFAULTS["num_test_speakers"]
-    )
-    parser.add_argument(
-        "--sample-rate", type=int, choices=(8000, 16000), default=DEFAULTS["sample_rate"]
-    )
+    parser.add_argument("--num-test-speakers", type=int, default=DEFAULTS["num_test_speakers"])
+    parser.add_argument("--sample-rate", type=int, choices=(8000, 16000), default=DEFAULTS["sample_rate"])
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    parser.add_argument(
-        "--force", action="store_true", help="replace OUT/Libri2Mix if it differs"
-    )
-    parser.add_argument(
-        "--workers", type=int, default=None, help="synthesis processes (same data)"
-    )
+    parser.add_argument("--force", action="store_true", help="replace OUT/Libri2Mix if it differs")
+    parser.add_argument("--workers", type=int, default=None, help="synthesis processes (same data)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:

@@ -134,12 +134,9 @@ class DepthwiseConv1d(nn.Conv1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"DepthwiseConv1d: expected input of shape [batch, {self.in_channels}, "
-                f"time], got {tuple(x.shape)}"
+                f"DepthwiseConv1d: expected input of shape [batch, {self.in_channels}, time], got {tuple(x.shape)}"
             )
         if self.kernel_size[0] == 1 and self.stride[0] == 1:  # a per-channel scale
             scale = self.weight[:, 0]  # [C, 1]
             return x * scale if self.bias is None else torch.addcmul(self.bias[:, None], x, scale)
-        return DepthwiseConvolution.apply(
-            x, self.weight, self.bias, self.stride[0], self.padding[0]
-        )
+        return DepthwiseConvolution.apply(x, self.weight, self.bias, self.stride[0], self.padding[0])

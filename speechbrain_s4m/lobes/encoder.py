@@ -39,8 +39,7 @@ class WaveformEncoder(nn.Conv1d):
     def __init__(self, kernel_size: int, out_channels: Optional[int] = None):
         if kernel_size < 4:
             raise ValueError(
-                f"WaveformEncoder: kernel_size must be >= 4 (stride is kernel_size // 4), "
-                f"got {kernel_size}"
+                f"WaveformEncoder: kernel_size must be >= 4 (stride is kernel_size // 4), got {kernel_size}"
             )
         if out_channels is None:
             out_channels = kernel_size // 2 + 1
@@ -81,9 +80,7 @@ class WaveformEncoder(nn.Conv1d):
         """
         (K,), (S,) = self.kernel_size, self.stride
         if K % S:
-            raise ValueError(
-                f"WaveformEncoder.inverse_filters: kernel_size {K} is not a multiple of the stride {S}"
-            )
+            raise ValueError(f"WaveformEncoder.inverse_filters: kernel_size {K} is not a multiple of the stride {S}")
         W = self.weight.detach().double()[:, 0]  # [E, K]
         E, J = W.shape[0], K // S  # J frames overlap each sample
         padded = F.pad(W, (K, K))  # [E, 3K]: column c + K is w_c, zero outside [0, K)
@@ -118,10 +115,7 @@ class WaveformEncoder(nn.Conv1d):
         """
         (K,), (S,) = self.kernel_size, self.stride
         if x.dim() != 2:
-            raise ValueError(
-                f"WaveformEncoder: expected a waveform batch of shape [batch, time], "
-                f"got {tuple(x.shape)}"
-            )
+            raise ValueError(f"WaveformEncoder: expected a waveform batch of shape [batch, time], got {tuple(x.shape)}")
         T = x.shape[-1]
         if T < K:
             raise ValueError(

@@ -100,9 +100,7 @@ def dplr_legs(state_size: int) -> DPLRInit:
     True
     """
     if state_size < 2 or state_size % 2:
-        raise ValueError(
-            f"dplr_legs: state_size must be a positive even number, got {state_size}"
-        )
+        raise ValueError(f"dplr_legs: state_size must be a positive even number, got {state_size}")
     A, B, P = hippo_legs(state_size)
     normal = A + P[:, None] * P[None, :]  # = -1/2 I + skew-symmetric
     skew = normal + 0.5 * torch.eye(state_size, dtype=torch.float64)

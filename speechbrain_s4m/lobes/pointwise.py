@@ -41,8 +41,7 @@ class PointwiseConv1d(nn.Conv1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"PointwiseConv1d: expected input of shape [batch, {self.in_channels}, "
-                f"time], got {tuple(x.shape)}"
+                f"PointwiseConv1d: expected input of shape [batch, {self.in_channels}, time], got {tuple(x.shape)}"
             )
         weight = self.weight[:, :, 0].expand(x.shape[0], -1, -1)  # [B, C_out, C_in]
         if self.bias is None:

@@ -36,9 +36,7 @@ __all__ = ["S4", "fft_length"]
 
 KERNELS = {"dplr": DPLRKernel, "diag": DiagonalKernel}
 # Parameters that lived on the layer before the kernel module was split off.
-_KERNEL_PARAMETERS = (
-    "log_dt", "log_neg_real", "imag", "input_matrix", "low_rank", "output_matrix", "skip"
-)
+_KERNEL_PARAMETERS = ("log_dt", "log_neg_real", "imag", "input_matrix", "low_rank", "output_matrix", "skip")
 
 
 def _float32_region(device: torch.device):
@@ -97,9 +95,7 @@ class S4(nn.Module):
             raise ValueError(f"S4: mode must be one of {tuple(KERNELS)}, got {mode!r}")
         self.bidirectional = bidirectional
         self.mode = mode
-        self.kernel: SSMKernel = KERNELS[mode](
-            d_model, d_state, 2 if bidirectional else 1, dt_min, dt_max
-        )
+        self.kernel: SSMKernel = KERNELS[mode](d_model, d_state, 2 if bidirectional else 1, dt_min, dt_max)
         self.d_model = d_model
         self.d_state = d_state
         self.activation = nn.GELU()
@@ -115,9 +111,7 @@ class S4(nn.Module):
         self.output_linear.reset_parameters()
 
     @staticmethod
-    def _move_kernel_parameters(
-        state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any
-    ) -> None:
+    def _move_kernel_parameters(state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """Load state dicts saved before the kernel module was split off: their SSM
         parameters sit on the layer (``s4.log_dt``), now on ``s4.kernel.log_dt``. The
         parameters keep their order (``kernel.*`` with ``D`` last, then
@@ -176,8 +170,7 @@ class S4(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 3 or x.shape[1] != self.d_model or x.shape[-1] < 1:
             raise ValueError(
-                f"S4: expected input of shape [batch, {self.d_model}, time] with "
-                f"time >= 1, got {tuple(x.shape)}"
+                f"S4: expected input of shape [batch, {self.d_model}, time] with time >= 1, got {tuple(x.shape)}"
             )
 
     def _output(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -185,9 +178,7 @@ class S4(nn.Module):
         y = self.dropout(self.activation(y)).to(self.output_linear.weight.dtype)
         return F.glu(self.output_linear(y), dim=1).to(dtype)
 
-    def forward(
-        self, x: torch.Tensor, spectrum: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spectrum: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Apply the layer.
 
         Arguments
@@ -225,9 +216,7 @@ class S4(nn.Module):
         with _float32_region(self.kernel.skip.device):
             return self.kernel.discretize()
 
-    def default_state(
-        self, batch_size: int, device: Optional[torch.device] = None
-    ) -> torch.Tensor:
+    def default_state(self, batch_size: int, device: Optional[torch.device] = None) -> torch.Tensor:
         """Zero state for :meth:`step` (unidirectional layers only).
 
         Returns
@@ -239,9 +228,7 @@ class S4(nn.Module):
         self._require_causal("default_state")
         states = self.d_state if self.mode == "dplr" else self.d_state // 2
         device = self.kernel.skip.device if device is None else device
-        return torch.zeros(
-            batch_size, self.d_model, states, dtype=torch.complex64, device=device
-        )
+        return torch.zeros(batch_size, self.d_model, states, dtype=torch.complex64, device=device)
 
     def step(
         self, x_t: torch.Tensor, state: torch.Tensor, system: Optional[DiscreteSSM] = None
@@ -270,15 +257,10 @@ class S4(nn.Module):
         """
         self._require_causal("step")
         if x_t.dim() != 2 or x_t.shape[1] != self.d_model:
-            raise ValueError(
-                f"S4.step: expected x_t of shape [batch, {self.d_model}], "
-                f"got {tuple(x_t.shape)}"
-            )
+            raise ValueError(f"S4.step: expected x_t of shape [batch, {self.d_model}], got {tuple(x_t.shape)}")
         expected = self.default_state(x_t.shape[0], device=x_t.device).shape
         if state.shape != expected:
-            raise ValueError(
-                f"S4.step: expected state of shape {tuple(expected)}, got {tuple(state.shape)}"
-            )
+            raise ValueError(f"S4.step: expected state of shape {tuple(expected)}, got {tuple(state.shape)}")
         if system is None:
             system = self.discrete_system()
         with _float32_region(x_t.device):
@@ -294,7 +276,4 @@ class S4(nn.Module):
 
     def _require_causal(self, method: str) -> None:
         if self.bidirectional:
-            raise ValueError(
-                f"S4.{method}: the recurrent mode needs a unidirectional layer "
-                "(bidirectional=False)"
-            )
+            raise ValueError(f"S4.{method}: the recurrent mode needs a unidirectional layer (bidirectional=False)")

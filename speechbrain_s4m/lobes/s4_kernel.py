@@ -157,9 +157,7 @@ class SSMKernel(nn.Module):
         if directions not in (1, 2):
             raise ValueError(f"S4: directions must be 1 or 2, got {directions}")
         if not 0 < dt_min <= dt_max:
-            raise ValueError(
-                f"S4: expected 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}"
-            )
+            raise ValueError(f"S4: expected 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         self.d_model = d_model
         self.d_state = d_state
         self.directions = directions
@@ -172,9 +170,7 @@ class SSMKernel(nn.Module):
         self.input_matrix = self._ssm_parameter(H, half, 2)  # B
         # P (DPLR only), registered here to keep the parameter order of checkpoints
         # (optimizer states are matched to parameters by position).
-        self.register_parameter(
-            "low_rank", self._ssm_parameter(H, half, 2) if self.rank_one_term else None
-        )
+        self.register_parameter("low_rank", self._ssm_parameter(H, half, 2) if self.rank_one_term else None)
         self.output_matrix = nn.Parameter(torch.empty(directions, H, half, 2))  # C
         self.skip = nn.Parameter(torch.empty(H))  # D, the feedthrough (not in the kernel)
         self.reset_parameters()
@@ -193,9 +189,7 @@ class SSMKernel(nn.Module):
             self.log_dt.uniform_(math.log(self.dt_min), math.log(self.dt_max))
             self.log_neg_real.copy_(torch.log(-init.eigenvalues.real).expand_as(self.imag))
             self.imag.copy_(init.eigenvalues.imag.expand_as(self.imag))
-            self.input_matrix.copy_(
-                torch.view_as_real(init.input_matrix).expand_as(self.input_matrix)
-            )
+            self.input_matrix.copy_(torch.view_as_real(init.input_matrix).expand_as(self.input_matrix))
             if self.low_rank is not None:
                 self.low_rank.copy_(torch.view_as_real(init.low_rank).expand_as(self.low_rank))
             self.output_matrix.normal_(0.0, math.sqrt(0.5))  # variance 1/2 per component
@@ -253,10 +247,7 @@ class SSMKernel(nn.Module):
         True
         """
         if not 1 <= length <= fft_size:
-            raise ValueError(
-                f"S4 kernel: expected 1 <= length <= fft_size, got length={length}, "
-                f"fft_size={fft_size}"
-            )
+            raise ValueError(f"S4 kernel: expected 1 <= length <= fft_size, got length={length}, fft_size={fft_size}")
         device = self.log_dt.device
         with torch.autocast(device_type=device.type, enabled=False):
             z, one_minus_z, z_power = unit_circle(length, fft_size, device)
@@ -309,9 +300,7 @@ class DiagonalKernel(SSMKernel):
         dt_lam = dt[:, None] * lam
         a, b = dt_lam.real, dt_lam.imag
         # exp(a + ib) - 1 = expm1(a) cos b - 2 sin^2(b / 2) + i exp(a) sin b
-        expm1 = torch.complex(
-            torch.expm1(a) * torch.cos(b) - 2 * torch.sin(b / 2) ** 2, torch.exp(a) * torch.sin(b)
-        )
+        expm1 = torch.complex(torch.expm1(a) * torch.cos(b) - 2 * torch.sin(b / 2) ** 2, torch.exp(a) * torch.sin(b))
         return dt_lam, expm1, lam, B, C
 
     def discretize(self) -> DiscreteSSM:

@@ -77,9 +77,7 @@ def pooled_sum(scales: Sequence[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-def depthwise_conv_norm(
-    channels: int, kernel_size: int, stride: int = 1, bias: bool = True
-) -> nn.Sequential:
+def depthwise_conv_norm(channels: int, kernel_size: int, stride: int = 1, bias: bool = True) -> nn.Sequential:
     """Depthwise Conv1d (same padding) followed by gLN."""
     return nn.Sequential(
         DepthwiseConv1d(channels, kernel_size, stride=stride, bias=bias),
@@ -264,9 +262,7 @@ class ResidualS4(nn.Module):
         self.norm = ChannelLayerNorm(channels)
         self.s4 = S4(channels, d_state=d_state, bidirectional=True)
 
-    def forward(
-        self, x: torch.Tensor, spectrum: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spectrum: Optional[torch.Tensor] = None) -> torch.Tensor:
         return add_residual(x, self.s4(self.norm(x), spectrum))
 
 
@@ -331,26 +327,15 @@ class S4MBlock(nn.Module):
             raise ValueError(f"S4MBlock: num_scales must be >= 1, got {num_scales}")
         C = hidden_channels
         self.num_scales = num_scales
-        self.input_projection = nn.Sequential(
-            PointwiseConv1d(bottleneck_channels, C), global_layer_norm(C), nn.PReLU()
-        )
+        self.input_projection = nn.Sequential(PointwiseConv1d(bottleneck_channels, C), global_layer_norm(C), nn.PReLU())
         self.pyramid = nn.ModuleList(
-            [depthwise_conv_norm(C, 5, stride=1)]
-            + [depthwise_conv_norm(C, 5, stride=2) for _ in range(num_scales - 1)]
+            [depthwise_conv_norm(C, 5, stride=1)] + [depthwise_conv_norm(C, 5, stride=2) for _ in range(num_scales - 1)]
         )
         self.global_s4 = ResidualS4(C, d_state)
         self.global_feed_forward = ResidualFeedForward(C)
-        self.scale_attention = nn.ModuleList(
-            [LocalAttention(C, 1) for _ in range(num_scales)]
-        )
-        self.decoder_attention = nn.ModuleList(
-            [LocalAttention(C, 5) for _ in range(num_scales - 1)]
-        )
-        self.decoder_s4 = (
-            nn.ModuleList([ResidualS4(C, d_state) for _ in range(num_scales - 1)])
-            if decoder_s4
-            else None
-        )
+        self.scale_attention = nn.ModuleList([LocalAttention(C, 1) for _ in range(num_scales)])
+        self.decoder_attention = nn.ModuleList([LocalAttention(C, 5) for _ in range(num_scales - 1)])
+        self.decoder_s4 = nn.ModuleList([ResidualS4(C, d_state) for _ in range(num_scales - 1)]) if decoder_s4 else None
         self.output_projection = PointwiseConv1d(C, bottleneck_channels)
 
     @property
@@ -363,8 +348,7 @@ class S4MBlock(nn.Module):
         of :attr:`frame_multiple`): ``L, L / 2, ..., L / 2^(S-1)``."""
         if length < 1 or length % self.frame_multiple:
             raise ValueError(
-                f"S4MBlock: expected a length that is a positive multiple of "
-                f"{self.frame_multiple} frames, got {length}"
+                f"S4MBlock: expected a length that is a positive multiple of {self.frame_multiple} frames, got {length}"
             )
         return [length >> i for i in range(self.num_scales)]
 
@@ -379,9 +363,7 @@ class S4MBlock(nn.Module):
                 spectra.append(self.decoder_s4[i].s4.kernel_spectrum(lengths[i]))
         return spectra
 
-    def _fuse_scales(
-        self, scales: Sequence[torch.Tensor], global_feature: torch.Tensor
-    ) -> List[torch.Tensor]:
+    def _fuse_scales(self, scales: Sequence[torch.Tensor], global_feature: torch.Tensor) -> List[torch.Tensor]:
         """Local attention of every scale ``F_i`` with ``F_m``; the gate and global
         embeddings of all scales act on the same ``F_m`` and are computed together
         (:func:`gated_embeddings`, ``2 S`` groups of one GroupNorm)."""
@@ -398,9 +380,7 @@ class S4MBlock(nn.Module):
             for i, (attention, f) in enumerate(zip(self.scale_attention, scales))
         ]
 
-    def forward(
-        self, x: torch.Tensor, spectra: Optional[Sequence[torch.Tensor]] = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spectra: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
         """``[B, bottleneck, L] -> [B, bottleneck, L]`` for ``L`` a multiple of
         :attr:`frame_multiple`; ``spectra`` from :meth:`kernel_spectra` (computed
         here when omitted)."""
@@ -471,9 +451,7 @@ class S4MMaskNet(nn.Module):
         self.num_blocks = num_blocks
         self.norm = global_layer_norm(in_channels)
         self.bottleneck = PointwiseConv1d(in_channels, bottleneck_channels)
-        self.block = S4MBlock(
-            bottleneck_channels, hidden_channels, num_scales, d_state, decoder_s4
-        )
+        self.block = S4MBlock(bottleneck_channels, hidden_channels, num_scales, d_state, decoder_s4)
         self.fuse = nn.Sequential(
             DepthwiseConv1d(bottleneck_channels, 1),
             nn.PReLU(),

@@ -3,15 +3,12 @@ helpers it reads with (speechbrain_s4m.data.audio)."""
 
 import os
 import re
-import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
-sys.path.insert(0, os.path.dirname(__file__))
-from tiny_datasets import (  # noqa: E402
+from tiny_datasets import (
     make_librispeech_folder,
     make_wsj0_speaker_folder,
     shared_librispeech,
@@ -40,9 +37,7 @@ def keys(num_spks):
 
 @pytest.mark.parametrize("num_spks", [2, 3])
 def test_shapes_and_mixture(wsj0_folder, num_spks):
-    dataset = DynamicMixingDataset(
-        wsj0_folder, layout="wsj0", num_spks=num_spks, num_examples=5, segment_seconds=0.5
-    )
+    dataset = DynamicMixingDataset(wsj0_folder, layout="wsj0", num_spks=num_spks, num_examples=5, segment_seconds=0.5)
     assert len(dataset) == 5
     for index in range(len(dataset)):
         item = dataset[index]
@@ -102,9 +97,7 @@ def test_distinct_speakers(wsj0_folder):
 
 
 def test_librispeech_levels(libri_folder):
-    dataset = DynamicMixingDataset(
-        libri_folder, layout="librispeech", num_examples=12, segment_seconds=0.75
-    )
+    dataset = DynamicMixingDataset(libri_folder, layout="librispeech", num_examples=12, segment_seconds=0.75)
     assert len(dataset.speakers) == 5
     for index in range(len(dataset)):
         item, plan = dataset[index], dataset.plan(index)
@@ -162,9 +155,7 @@ def test_min_seconds(wsj0_folder):
 
 
 def test_resampling_to_16k(wsj0_folder):
-    dataset = DynamicMixingDataset(
-        wsj0_folder, sample_rate=16000, num_examples=2, segment_seconds=0.5
-    )
+    dataset = DynamicMixingDataset(wsj0_folder, sample_rate=16000, num_examples=2, segment_seconds=0.5)
     item = dataset[0]
     assert item["mix_sig"].shape == (8000,)
     plan = dataset.plan(0)
@@ -260,7 +251,10 @@ def test_real_mini_librispeech():
     assert len(dataset.speakers) == 28
     held_out = dataset.speakers[:4]
     train = DynamicMixingDataset(
-        folder, layout="librispeech", num_examples=6, segment_seconds=2.0,
+        folder,
+        layout="librispeech",
+        num_examples=6,
+        segment_seconds=2.0,
         speakers=dataset.speakers[4:],
     )
     for index in range(len(dataset)):

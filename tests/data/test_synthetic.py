@@ -100,10 +100,7 @@ def test_layout_levels_and_mixing(tiny):
     base = os.path.join(tiny, "Libri2Mix", "wav8k", "min")
     speakers = {}
     for split, count in zip(SPLIT_DIRS, (4, 2, 2)):
-        names = {
-            sub: sorted(os.listdir(os.path.join(base, split, sub)))
-            for sub in ("mix_clean", "s1", "s2")
-        }
+        names = {sub: sorted(os.listdir(os.path.join(base, split, sub))) for sub in ("mix_clean", "s1", "s2")}
         assert len(names["mix_clean"]) == count
         assert names["mix_clean"] == names["s1"] == names["s2"]
         speakers[split] = set()

@@ -4,12 +4,11 @@ SpeechBrain's Decoder."""
 import pytest
 import torch
 from speechbrain.lobes.models.dual_path import Decoder
+from test_encoder import reset_layer_recursively
+from test_s4 import pinned_lobes
 
 from speechbrain_s4m.lobes import S4, S4MMaskNet, WaveformEncoder
 from speechbrain_s4m.lobes.s4m import S4MBlock
-
-from test_encoder import reset_layer_recursively
-from test_s4 import pinned_lobes
 
 
 def separator(sample_rate: int = 16000, decoder_s4: bool = True, **masknet_options):
@@ -30,9 +29,7 @@ def separate(encoder, masknet, decoder, mix):
     return estimates[:, : mix.shape[-1]]
 
 
-@pytest.mark.parametrize(
-    "decoder_s4, paper_millions", [(False, 1.80), (True, 3.60)], ids=["S4M-tiny", "S4M"]
-)
+@pytest.mark.parametrize("decoder_s4, paper_millions", [(False, 1.80), (True, 3.60)], ids=["S4M-tiny", "S4M"])
 def test_parameter_count_matches_the_paper(decoder_s4, paper_millions):
     count = sum(p.numel() for m in separator(16000, decoder_s4) for p in m.parameters())
     print(f"{'S4M' if decoder_s4 else 'S4M-tiny'}: {count / 1e6:.3f} M (paper {paper_millions} M)")
@@ -71,9 +68,7 @@ def test_kernels_are_computed_once_per_forward(monkeypatch):
 def test_unfolding_shares_weights():
     small = S4MMaskNet(in_channels=9, hidden_channels=16, num_blocks=1)
     large = S4MMaskNet(in_channels=9, hidden_channels=16, num_blocks=16)
-    assert sum(p.numel() for p in small.parameters()) == sum(
-        p.numel() for p in large.parameters()
-    )
+    assert sum(p.numel() for p in small.parameters()) == sum(p.numel() for p in large.parameters())
 
 
 def test_tiny_has_no_decoder_s4_and_full_has_three():

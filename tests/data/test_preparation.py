@@ -2,17 +2,14 @@
 (speechbrain_s4m.data.preparation), on tiny datasets in the real layouts."""
 
 import csv
-import re
 import json
 import os
+import re
 import shutil
-import sys
 
 import pytest
 import soundfile as sf
-
-sys.path.insert(0, os.path.dirname(__file__))
-from tiny_datasets import make_librimix, make_lrs2mix, make_wsj0mix  # noqa: E402
+from tiny_datasets import make_librimix, make_lrs2mix, make_wsj0mix
 
 from speechbrain_s4m.data.preparation import (  # noqa: E402
     prepare_librimix,
@@ -59,10 +56,7 @@ def set_old_mtimes(save_folder):
 
 
 def mtimes(save_folder):
-    return {
-        name: os.stat(os.path.join(save_folder, name)).st_mtime_ns
-        for name in os.listdir(save_folder)
-    }
+    return {name: os.stat(os.path.join(save_folder, name)).st_mtime_ns for name in os.listdir(save_folder)}
 
 
 # ------------------------------------------------------------------------- layouts
@@ -82,7 +76,9 @@ def test_wsj0mix(tmp_path, sample_rate, mode, num_spks):
     assert record["options"] == {
         "dataset": "wsj0mix",
         "data_folder": os.path.abspath(root),
-        "sample_rate": sample_rate, "mode": mode, "num_spks": num_spks,
+        "sample_rate": sample_rate,
+        "mode": mode,
+        "num_spks": num_spks,
     }
 
 
@@ -98,8 +94,11 @@ def test_librimix_clean(tmp_path):
     save = tmp_path / "save"
     paths = prepare_librimix(root, save)
     check_manifests(
-        paths, save, ["ID", "duration", "mix_wav", "s1_wav", "s2_wav"],
-        {"train": 4, "valid": 2, "test": 2}, 8000,
+        paths,
+        save,
+        ["ID", "duration", "mix_wav", "s1_wav", "s2_wav"],
+        {"train": 4, "valid": 2, "test": 2},
+        8000,
     )
     _, rows = read_csv(paths["valid"])
     assert "/Libri2Mix/wav8k/min/dev/mix_clean/" in rows[0]["mix_wav"]
@@ -107,13 +106,22 @@ def test_librimix_clean(tmp_path):
 
 def test_librimix_noisy_3spk_16k_train360(tmp_path):
     root = make_librimix(
-        tmp_path / "data", sample_rate=16000, mode="max", num_spks=3,
-        train_subset="train-360", n_train=3,
+        tmp_path / "data",
+        sample_rate=16000,
+        mode="max",
+        num_spks=3,
+        train_subset="train-360",
+        n_train=3,
     )
     save = tmp_path / "save"
     paths = prepare_librimix(
-        root, save, sample_rate=16000, mode="max", num_spks=3,
-        train_subset="train-360", mixture_type="mix_both",
+        root,
+        save,
+        sample_rate=16000,
+        mode="max",
+        num_spks=3,
+        train_subset="train-360",
+        mixture_type="mix_both",
     )
     columns = ["ID", "duration", "mix_wav", "s1_wav", "s2_wav", "s3_wav", "noise_wav"]
     check_manifests(paths, save, columns, {"train": 3, "valid": 2, "test": 2}, 16000)
@@ -139,8 +147,11 @@ def test_lrs2mix(tmp_path):
     save = tmp_path / "save"
     paths = prepare_lrs2mix(root, save)
     check_manifests(
-        paths, save, ["ID", "duration", "mix_wav", "s1_wav", "s2_wav"],
-        {"train": 4, "valid": 2, "test": 2}, 16000,
+        paths,
+        save,
+        ["ID", "duration", "mix_wav", "s1_wav", "s2_wav"],
+        {"train": 4, "valid": 2, "test": 2},
+        16000,
     )
 
 

@@ -11,7 +11,7 @@ from speechbrain_s4m.lobes.hippo import dplr_legs, hippo_legs
 from speechbrain_s4m.lobes.s4_kernel import fft_length
 
 MODES = ["dplr", "diag"]
-PINNED = Path(__file__).parent / "data" / "lobe_outputs_617590d.pt"
+PINNED = Path(__file__).resolve().parents[1] / "fixtures" / "lobe_outputs_617590d.pt"
 
 
 def pinned_lobes():

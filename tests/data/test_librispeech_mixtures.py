@@ -1,18 +1,14 @@
 """Tests for the fixed Libri2Mix-style set builder (s4m-make-librimix)."""
 
 import filecmp
-import os
-import sys
 from pathlib import Path
 
 import pytest
 import soundfile as sf
+from tiny_datasets import make_librispeech_folder, shared_librispeech
 
 from speechbrain_s4m.data.librispeech_mixtures import main, make_librimix_from_librispeech
 from speechbrain_s4m.data.preparation import prepare_librimix
-
-sys.path.insert(0, os.path.dirname(__file__))
-from tiny_datasets import make_librispeech_folder, shared_librispeech  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +31,7 @@ def build(librispeech, out, **options):
 
 def test_layout_speakers_and_levels(librispeech, tmp_path):
     splits = build(librispeech, tmp_path / "set")
-    assert not set(splits["test"]) & set(splits["train"]) and not set(splits["valid"]) & set(
-        splits["train"]
-    )
+    assert not set(splits["test"]) & set(splits["train"]) and not set(splits["valid"]) & set(splits["train"])
     assert (tmp_path / "set" / "train_speakers.txt").read_text().split() == splits["train"]
     test = tmp_path / "set" / "Libri2Mix" / "wav8k" / "min" / "test"
     mixtures = sorted((test / "mix_clean").glob("*.wav"))
@@ -46,7 +40,7 @@ def test_layout_speakers_and_levels(librispeech, tmp_path):
         for sub in ("s1", "s2"):
             source, rate = sf.read(str(test / sub / mixture.name))
             assert rate == 8000
-            level = 10 * __import__("math").log10((source ** 2).mean())
+            level = 10 * __import__("math").log10((source**2).mean())
             assert -33.5 <= level <= -24.5
         speakers = [part.split("-")[0] for part in mixture.stem.split("_")[1:]]
         assert set(speakers) <= set(splits["test"]) and len(set(speakers)) == 2

@@ -1,0 +1,454 @@
+"""The record's report: the machine it ran on, the Table 4-shaped tables (figures and
+ratios to Sepformer's), MACs by part, the training step, the scaling rows, and the
+efficiency issue's targets (PASS / MISS / SKIP).
+
+Authors
+ * speechbrain-s4m contributors
+"""
+
+import contextlib
+import datetime
+import math
+import os
+import platform
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from speechbrain_s4m.benchmark.macs import COUNTING_RULE
+from speechbrain_s4m.benchmark.models import REFERENCE
+
+TRAIN_SPEEDUP_TARGET = 6.0  # S4M-tiny's training step, times faster than Sepformer's
+
+# The paper's Table 4 (LRS2-2Mix, 16 kHz) and its parameter counts (Tables 1-3).
+PAPER = {
+    "S4M-tiny": {"params_m": 1.8, "macs_g": 8.0, "cpu_rtf_f_s": 1.34, "gpu_rtf_f_ms": 18.19, "gpu_rtf_b_ms": 73.62},
+    "S4M": {"params_m": 3.6, "macs_g": 38.7, "cpu_rtf_f_s": 2.57, "gpu_rtf_f_ms": 40.15, "gpu_rtf_b_ms": 132.83},
+    "Sepformer": {"params_m": 26.0, "macs_g": 86.9, "cpu_rtf_f_s": 7.55, "gpu_rtf_f_ms": 65.61, "gpu_rtf_b_ms": 184.91},
+}
+
+
+def machine_info(threads: int) -> Dict[str, object]:
+    """CPU model, cores, threads, library versions, GPU (if any) and load average.
+
+    Example
+    -------
+    >>> info = machine_info(threads=1)
+    >>> {"cpu_model", "logical_cpus", "threads", "torch"} <= set(info)
+    True
+    """
+    cpu_model, physical = platform.processor() or "unknown", set()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            physical_id = "0"
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "model name":
+                    cpu_model = value
+                elif key == "physical id":
+                    physical_id = value
+                elif key == "core id":
+                    physical.add((physical_id, value))
+    info: Dict[str, object] = {
+        "cpu_model": cpu_model,
+        "logical_cpus": os.cpu_count(),
+        "physical_cores": len(physical) or None,
+        "threads": threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    for package in ("speechbrain", "thop"):
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            info[package] = version(package)
+    with contextlib.suppress(OSError):
+        info["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    else:
+        info["gpu"] = None
+    return info
+
+
+# ---------------------------------------------------------------------- reports
+def _fmt(value: Optional[float], digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub markdown table.
+
+    Example
+    -------
+    >>> print(markdown_table(["a", "b"], [["1", "2"]]))
+    | a | b |
+    |---|---|
+    | 1 | 2 |
+    """
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+MAIN_COLUMNS = [
+    ("params_m", "params (M)", 2),
+    ("macs_thop_g", "MACs thop (G/s)", 2),
+    ("macs_all_g", "MACs all (G/s)", 2),
+    ("cpu_rtf_f_s", "CPU-RTF-f (s)", 3),
+    ("gpu_rtf_f_ms", "GPU-RTF-f (ms)", 2),
+    ("gpu_rtf_b_ms", "GPU-RTF-b (ms)", 2),
+]
+
+
+def summary_rows(models: Dict[str, Dict[str, object]]) -> Dict[str, Dict[str, Optional[float]]]:
+    """Table 4 figures per model, in the table's units, from the raw results."""
+    rows = {}
+    for name, result in models.items():
+        macs = result.get("macs") or {}
+        cpu = result.get("cpu") or {}
+        gpu = result.get("gpu") or {}
+        rows[name] = {
+            "params_m": result["params"] / 1e6 if "params" in result else None,
+            "macs_thop_g": macs["thop"] / 1e9 if macs else None,
+            "macs_all_g": macs["all"] / 1e9 if macs else None,
+            "cpu_rtf_f_s": cpu.get("rtf"),
+            "gpu_rtf_f_ms": gpu.get("forward_ms"),
+            "gpu_rtf_b_ms": gpu.get("backward_ms"),
+        }
+    return rows
+
+
+def ratios(
+    rows: Dict[str, Dict[str, Optional[float]]], reference: str = REFERENCE
+) -> Dict[str, Dict[str, Optional[float]]]:
+    """Every figure divided by the reference model's (``None`` where either is
+    missing).
+
+    Example
+    -------
+    >>> ratios({"a": {"x": 1.0}, "Sepformer": {"x": 4.0}})["a"]["x"]
+    0.25
+    """
+    base = rows.get(reference, {})
+    return {
+        name: {key: (value / base[key] if value is not None and base.get(key) else None) for key, value in row.items()}
+        for name, row in rows.items()
+    }
+
+
+def main_table(models: Dict[str, Dict[str, object]]) -> str:
+    """The Table 4-shaped markdown table: figures, then ratios to Sepformer."""
+    rows = summary_rows(models)
+    rel = ratios(rows)
+    header = ["model"] + [title for _, title, _ in MAIN_COLUMNS]
+    header += [f"{title.split(' (')[0]} / Sep" for _, title, _ in MAIN_COLUMNS]
+    body = []
+    for name, row in rows.items():
+        line = [name] + [_fmt(row[key], digits) for key, _, digits in MAIN_COLUMNS]
+        line += [_fmt(rel[name][key], 3) for key, _, _ in MAIN_COLUMNS]
+        body.append(line)
+    return markdown_table(header, body)
+
+
+def paper_table(names: Sequence[str]) -> str:
+    """The paper's Table 4 figures for the same models, for reference."""
+    header = ["model (paper)"] + [title for key, title, _ in MAIN_COLUMNS if key != "macs_all_g"]
+    body = []
+    for name in names:
+        if name in PAPER:
+            p = PAPER[name]
+            body.append(
+                [
+                    name,
+                    _fmt(p["params_m"], 1),
+                    _fmt(p["macs_g"], 1),
+                    _fmt(p["cpu_rtf_f_s"], 2),
+                    _fmt(p["gpu_rtf_f_ms"], 2),
+                    _fmt(p["gpu_rtf_b_ms"], 2),
+                ]
+            )
+    return markdown_table(header, body)
+
+
+MAC_PARTS = [
+    ("thop", "thop"),
+    ("group_norm", "gLN"),
+    ("s4_fft_convolution", "S4 FFT conv"),
+    ("s4_kernel_generation", "S4 kernels"),
+    ("attention", "attention"),
+    ("all", "all"),
+]
+
+
+def macs_table(models: Dict[str, Dict[str, object]]) -> str:
+    """MACs per second of audio by part of the counting rule (G/s)."""
+    header = ["model"] + [f"{title} (G/s)" for _, title in MAC_PARTS] + ["paper (G/s)", "thop / paper", "all / paper"]
+    body = []
+    for name, result in models.items():
+        macs = result.get("macs")
+        if not macs:
+            continue
+        paper = PAPER.get(name, {}).get("macs_g")
+        body.append(
+            [name]
+            + [_fmt(macs[key] / 1e9, 3) for key, _ in MAC_PARTS]
+            + [
+                _fmt(paper, 1),
+                _fmt(macs["thop"] / 1e9 / paper if paper else None, 2),
+                _fmt(macs["all"] / 1e9 / paper if paper else None, 2),
+            ]
+        )
+    return markdown_table(header, body)
+
+
+def training_rows(models: Dict[str, Dict[str, object]]) -> Dict[str, Dict[str, Optional[float]]]:
+    """Training-step figures per model that has them: ``step_s`` and
+    ``audio_s_per_s``.
+
+    Example
+    -------
+    >>> training_rows({"a": {"train": {"step_s": 0.5, "audio_s_per_s": 8.0}}, "b": {}})
+    {'a': {'step_s': 0.5, 'audio_s_per_s': 8.0}}
+    """
+    return {
+        name: {"step_s": result["train"]["step_s"], "audio_s_per_s": result["train"]["audio_s_per_s"]}
+        for name, result in models.items()
+        if result.get("train")
+    }
+
+
+def training_table(models: Dict[str, Dict[str, object]]) -> str:
+    """The CPU training step per model, with Sepformer's step time / the model's."""
+    rows = training_rows(models)
+    rel = ratios(rows)
+    header = [
+        "model",
+        "hparams",
+        "params (M)",
+        "batch x s",
+        "step (s)",
+        "audio s / s",
+        "Sep / model (step time)",
+        "loss first -> last",
+    ]
+    body = []
+    for name, row in rows.items():
+        train = models[name]["train"]
+        losses = train["losses"]
+        body.append(
+            [
+                name,
+                os.path.basename(str(train["hparams_file"])),
+                _fmt(train["params"] / 1e6, 2),
+                f"{train['batch']} x {train['seconds']:g}",
+                _fmt(row["step_s"], 3),
+                _fmt(row["audio_s_per_s"], 2),
+                _fmt(1 / rel[name]["step_s"] if rel[name]["step_s"] else None, 2),
+                f"{_fmt(losses[0], 2)} -> {_fmt(losses[-1], 2)}" if losses else "-",
+            ]
+        )
+    return markdown_table(header, body)
+
+
+def scaling_table(scaling: Dict[str, List[Dict[str, object]]]) -> str:
+    """Forward time and peak memory per model and input length."""
+    header = [
+        "model",
+        "input (s)",
+        "forward (s)",
+        "RTF (s/s)",
+        "time / linear from 4 s",
+        "peak memory (MiB)",
+        "page faults / run (k)",
+        "method",
+    ]
+    body = []
+    for name, entries in scaling.items():
+        four = next((e for e in entries if e.get("seconds") == 4 and "time_s" in e and not e.get("long_audio")), None)
+        for e in entries:
+            label = name + (" (long-audio path)" if e.get("long_audio") else "")
+            if "error" in e:
+                body.append([label, _fmt(e["seconds"], 0), "error", "-", "-", "-", "-", str(e["error"])])
+                continue
+            linear = e["time_s"] / (four["time_s"] * e["seconds"] / 4) if four and not e.get("long_audio") else None
+            body.append(
+                [
+                    label,
+                    _fmt(e["seconds"], 0),
+                    _fmt(e["time_s"], 3),
+                    _fmt(e["time_s"] / e["seconds"], 3),
+                    _fmt(linear, 2),
+                    _fmt(e["peak_mib"], 0),
+                    _fmt(e["page_faults_per_run"] / 1e3 if "page_faults_per_run" in e else None, 0),
+                    str(e["method"]),
+                ]
+            )
+    return markdown_table(header, body)
+
+
+# ---------------------------------------------------------------------- targets
+def check_targets(record: Dict[str, object]) -> List[Dict[str, str]]:
+    """The efficiency issue's targets: PASS, MISS (with the numbers) or SKIP.
+
+    Example
+    -------
+    >>> [t["status"] for t in check_targets({"models": {}, "scaling": {}})]
+    ['SKIP', 'SKIP', 'SKIP', 'SKIP', 'SKIP', 'SKIP']
+    """
+    models = record.get("models", {})
+    rows = summary_rows(models)
+    targets = []
+
+    def add(name: str, status: str, detail: str) -> None:
+        targets.append({"target": name, "status": status, "detail": detail})
+
+    sep = rows.get(REFERENCE, {}).get("cpu_rtf_f_s")
+    for name, factor in (("S4M-tiny", 10.0), ("S4M", 4.0)):
+        mine = rows.get(name, {}).get("cpu_rtf_f_s")
+        label = f"{name} CPU forward >= {factor:g}x faster than Sepformer"
+        if mine and sep:
+            speedup = sep / mine
+            add(
+                label,
+                "PASS" if speedup >= factor else "MISS",
+                f"{speedup:.2f}x (Sepformer {sep:.3f} s, {name} {mine:.3f} s per 1 s track)",
+            )
+        else:
+            add(label, "SKIP", "needs the cpu section with both models")
+    steps = training_rows(models)
+    label = f"CPU training step: S4M-tiny >= {TRAIN_SPEEDUP_TARGET:g}x Sepformer"
+    if "S4M-tiny" in steps and REFERENCE in steps:
+        mine, sep = steps["S4M-tiny"]["step_s"], steps[REFERENCE]["step_s"]
+        train = models["S4M-tiny"]["train"]
+        add(
+            label,
+            "PASS" if sep / mine >= TRAIN_SPEEDUP_TARGET else "MISS",
+            f"{sep / mine:.2f}x (Sepformer {sep:.3f} s, S4M-tiny {mine:.3f} s per step of "
+            f"{train['batch']} x {train['seconds']:g} s at {train['sample_rate'] / 1000:g} kHz)",
+        )
+    else:
+        add(label, "SKIP", "needs the train section with both models")
+    for name in ("S4M-tiny", "S4M"):
+        macs = models.get(name, {}).get("macs")
+        label = f"{name} MACs within 10% of the paper's {PAPER[name]['macs_g']} G/s"
+        if macs:
+            paper = PAPER[name]["macs_g"] * 1e9
+            diff = macs["thop"] / paper - 1
+            detail = (
+                f"thop {macs['thop'] / 1e9:.2f} G/s ({diff:+.1%}); "
+                f"all {macs['all'] / 1e9:.2f} G/s ({macs['all'] / paper - 1:+.1%})"
+            )
+            add(label, "PASS" if abs(diff) <= 0.10 else "MISS", detail)
+        else:
+            add(label, "SKIP", "needs the macs section")
+    entries = record.get("scaling", {}).get("S4M-tiny", [])
+    four = next((e for e in entries if e.get("seconds") == 4 and "time_s" in e and not e.get("long_audio")), None)
+    sixty = next((e for e in entries if e.get("seconds") == 60 and "time_s" in e and not e.get("long_audio")), None)
+    label = "S4M-tiny 60 s on CPU: peak memory <= 8 GiB, time <= 1.3x linear from 4 s"
+    if four and sixty:
+        linear = sixty["time_s"] / (four["time_s"] * 15)
+        ok = sixty["peak_mib"] <= 8 * 1024 and linear <= 1.3
+        faults = ""
+        if "page_faults_per_run" in sixty and "page_faults_per_run" in four:
+            faults = (
+                f"; page faults per forward {sixty['page_faults_per_run'] / 1e6:.2f} M vs "
+                f"{four['page_faults_per_run'] / 1e6:.2f} M at 4 s (see --keep-freed-memory)"
+            )
+        add(
+            label,
+            "PASS" if ok else "MISS",
+            f"peak {sixty['peak_mib']:.0f} MiB, {sixty['time_s']:.2f} s = {linear:.2f}x linear from 4 s "
+            f"({four['time_s']:.2f} s){faults}",
+        )
+    else:
+        add(label, "SKIP", "needs the scaling section with lengths 4 and 60")
+    return targets
+
+
+MACS_VERSUS_PAPER = (
+    "Why the MACs differ from the paper's (thop on the authors' code): README, section "
+    "'Efficiency: paper Table 4, side by side with Sepformer'."
+)
+
+
+def report(record: Dict[str, object]) -> str:
+    """The printed / markdown report of a record (:func:`speechbrain_s4m.benchmark.cli.run`).
+
+    Example
+    -------
+    >>> record = {"machine": machine_info(threads=1), "settings": {}, "models": {}, "scaling": {}}
+    >>> record["targets"] = check_targets(record)
+    >>> text = report(record)
+    >>> text.splitlines()[0], "SKIP: S4M-tiny CPU forward >= 10x faster than Sepformer" in text
+    ('# s4m-bench', True)
+    """
+    machine = record["machine"]
+    parts = [
+        "# s4m-bench",
+        "",
+        f"Machine: {machine['cpu_model']}, {machine['logical_cpus']} logical CPUs "
+        f"({machine.get('physical_cores') or '?'} physical cores), {machine['threads']} threads; "
+        f"torch {machine['torch']}, speechbrain {machine.get('speechbrain', '?')}, thop {machine.get('thop', '?')}; "
+        f"GPU: {machine.get('gpu') or 'none'}; "
+        f"load average {machine.get('load_average')} -> {machine.get('load_average_end')}; {machine['date']}",
+        "",
+        "Allocator: "
+        + (
+            "freed memory kept for reuse (--keep-freed-memory, glibc mallopt), for every model"
+            if record["settings"].get("keep_freed_memory")
+            else "glibc malloc defaults (freed blocks over 32 MiB go back to the OS)"
+        ),
+        "",
+    ]
+    if any(value is not None for row in summary_rows(record["models"]).values() for value in row.values()):
+        parts += [
+            "## Efficiency (paper Table 4 layout; 1 s of 16 kHz audio, batch 1)",
+            "",
+            main_table(record["models"]),
+            "",
+            "'X / Sep' columns: the figure divided by Sepformer's in this run (lower is better).",
+            "CPU-RTF-f: seconds per 1 s track (10 tracks one at a time, median of rounds).",
+            "",
+            paper_table(list(record["models"])),
+            "",
+        ]
+    if any(result.get("macs") for result in record["models"].values()):
+        parts += ["## MACs by part (counting rule below)", "", macs_table(record["models"]), ""]
+    if training_rows(record["models"]):
+        parts += [
+            "## CPU training step (LibriMix recipes' hparams)",
+            "",
+            training_table(record["models"]),
+            "",
+            "One step: forward, uPIT SI-SNR loss, backward, one Adam step of the recipe's optimizer, "
+            "zero_grad; random mixtures of 2 random sources (fixed seed). Median over rounds in which "
+            "the models take one step each in turn, after one warm-up step each, in one process.",
+            "",
+        ]
+    if record.get("scaling"):
+        parts += [
+            "## Scaling with input length (CPU, fresh process per row)",
+            "",
+            scaling_table(record["scaling"]),
+            "",
+            "Peak memory: peak resident set size (VmHWM, the process's ru_maxrss without what Linux carries "
+            "over from the parent across exec) during the timed forwards minus the resident set size before "
+            "them (after building the model and a 0.25 s warm-up; the peak is reset there through "
+            "/proc/self/clear_refs). 'time / linear from 4 s': forward time divided by the 4 s time scaled "
+            "to the same length.",
+            "",
+        ]
+    if record.get("notes"):
+        parts += ["## Notes", ""] + [f"- {note}" for note in record["notes"]] + [""]
+    parts += (
+        ["## Targets", ""] + [f"{t['status']}: {t['target']}: {t['detail']}" for t in record.get("targets", [])] + [""]
+    )
+    parts += ["```", COUNTING_RULE, "```", "", MACS_VERSUS_PAPER, ""]
+    return "\n".join(parts)
