@@ -153,6 +153,7 @@ def _write(path: str, signal: np.ndarray, sample_rate: int) -> None:
 
 
 def _make_mixtures(
+    *,
     split_folder: str,
     count: int,
     sample_rate: int,
@@ -220,6 +221,42 @@ def _check(sample_rate: int, mode: str, num_spks: int) -> None:
         raise ValueError(f"num_spks: expected 2 or 3, got {num_spks!r}")
 
 
+def _make_splits(
+    base: str,
+    split_dirs: Sequence[str],
+    counts: Sequence[int],
+    *,
+    seed_stream: Sequence[int],
+    sample_rate: int,
+    mode: str,
+    num_spks: int,
+    seconds: float,
+    name_style: str,
+    mix_dirs: Sequence[str],
+    with_noise: bool = False,
+) -> None:
+    """The train, valid and test splits in ``base/<split_dirs>``, from speakers that no
+    two splits share."""
+    rng = np.random.default_rng(list(seed_stream))
+    speakers = _Speakers()
+    ranges = _speaker_ranges(speakers, num_spks)
+    for split, sub, count in zip(("train", "valid", "test"), split_dirs, counts):
+        _make_mixtures(
+            split_folder=os.path.join(base, sub),
+            count=count,
+            sample_rate=sample_rate,
+            mode=mode,
+            num_spks=num_spks,
+            seconds=seconds,
+            rng=rng,
+            speakers=speakers,
+            speaker_range=ranges[split],
+            name_style=name_style,
+            mix_dirs=mix_dirs,
+            with_noise=with_noise,
+        )
+
+
 def make_wsj0mix(
     root: str,
     sample_rate: int = 8000,
@@ -241,26 +278,19 @@ def make_wsj0mix(
     ['mix', 's1', 's2']
     """
     _check(sample_rate, mode, num_spks)
-    rng = np.random.default_rng([seed, 1])
-    speakers = _Speakers()
-    ranges = _speaker_ranges(speakers, num_spks)
     base = os.path.join(os.fspath(root), f"wav{sample_rate // 1000}k", mode)
-    splits = (("train", "tr", n_train), ("valid", "cv", n_valid), ("test", "tt", n_test))
-    for split, sub, count in splits:
-        _make_mixtures(
-            os.path.join(base, sub),
-            count,
-            sample_rate,
-            mode,
-            num_spks,
-            seconds,
-            rng,
-            speakers,
-            ranges[split],
-            "wsj0mix",
-            ["mix"],
-            with_noise=False,
-        )
+    _make_splits(
+        base,
+        ("tr", "cv", "tt"),
+        (n_train, n_valid, n_test),
+        seed_stream=(seed, 1),
+        sample_rate=sample_rate,
+        mode=mode,
+        num_spks=num_spks,
+        seconds=seconds,
+        name_style="wsj0mix",
+        mix_dirs=["mix"],
+    )
     return os.fspath(root)
 
 
@@ -291,27 +321,21 @@ def make_librimix(
     _check(sample_rate, mode, num_spks)
     if train_subset not in ("train-100", "train-360"):
         raise ValueError(f"train_subset: expected 'train-100' or 'train-360', got {train_subset!r}")
-    rng = np.random.default_rng([seed, 2])
-    speakers = _Speakers()
-    ranges = _speaker_ranges(speakers, num_spks)
     base = os.path.join(os.fspath(root), f"Libri{num_spks}Mix", f"wav{sample_rate // 1000}k", mode)
     mix_dirs = ["mix_clean", "mix_both", "mix_single"] if with_noise else ["mix_clean"]
-    splits = (("train", train_subset, n_train), ("valid", "dev", n_valid), ("test", "test", n_test))
-    for split, sub, count in splits:
-        _make_mixtures(
-            os.path.join(base, sub),
-            count,
-            sample_rate,
-            mode,
-            num_spks,
-            seconds,
-            rng,
-            speakers,
-            ranges[split],
-            "librimix",
-            mix_dirs,
-            with_noise=with_noise,
-        )
+    _make_splits(
+        base,
+        (train_subset, "dev", "test"),
+        (n_train, n_valid, n_test),
+        seed_stream=(seed, 2),
+        sample_rate=sample_rate,
+        mode=mode,
+        num_spks=num_spks,
+        seconds=seconds,
+        name_style="librimix",
+        mix_dirs=mix_dirs,
+        with_noise=with_noise,
+    )
     return os.fspath(root)
 
 
@@ -334,25 +358,18 @@ def make_lrs2mix(
     ['cv', 'tr', 'tt']
     """
     _check(16000, "min", num_spks)
-    rng = np.random.default_rng([seed, 3])
-    speakers = _Speakers()
-    ranges = _speaker_ranges(speakers, num_spks)
-    splits = (("train", "tr", n_train), ("valid", "cv", n_valid), ("test", "tt", n_test))
-    for split, sub, count in splits:
-        _make_mixtures(
-            os.path.join(os.fspath(root), sub),
-            count,
-            16000,
-            "min",
-            num_spks,
-            seconds,
-            rng,
-            speakers,
-            ranges[split],
-            "lrs2mix",
-            ["mix"],
-            with_noise=False,
-        )
+    _make_splits(
+        os.fspath(root),
+        ("tr", "cv", "tt"),
+        (n_train, n_valid, n_test),
+        seed_stream=(seed, 3),
+        sample_rate=16000,
+        mode="min",
+        num_spks=num_spks,
+        seconds=seconds,
+        name_style="lrs2mix",
+        mix_dirs=["mix"],
+    )
     return os.fspath(root)
 
 
