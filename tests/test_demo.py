@@ -50,6 +50,13 @@ def test_demo_runs_every_step_and_reuses_its_data(tmp_path):
         "masknet.ckpt",
     ]
 
+    # Dynamic mixing drew from links to every training source, by speaker.
+    train = workdir / "data" / "Libri2Mix" / "wav8k" / "min" / "train-100"
+    links = sorted((workdir / "dm_sources").glob("*/0/*.wav"))
+    assert len(links) == 2 * len(list((train / "mix_clean").glob("*.wav")))
+    assert {link.resolve().parent.parent for link in links} == {train}
+    assert "dynamic_mixing: true" in (workdir / "run" / "hyperparams.yaml").read_text().lower()
+
     data_files = sorted((workdir / "data").rglob("*.wav"))
     stamps = [p.stat().st_mtime_ns for p in data_files]
     stdout = run_demo(workdir)
