@@ -24,6 +24,7 @@ from speechbrain_s4m.data.audio import audio_info, non_finite_count, read_audio,
 from speechbrain_s4m.separator import EncoderMaskerDecoder, encoder_kernel_size
 
 SeparateBatch = Callable[[torch.Tensor], torch.Tensor]  # [batch, time] -> [batch, time, spks]
+Progress = Callable[[int], None]  # samples of the mixture completed by the last chunk
 
 
 def align_to_previous(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
@@ -73,6 +74,7 @@ def separate_in_chunks(
     mix: torch.Tensor,
     chunk_samples: int,
     overlap_samples: int,
+    progress: Optional[Progress] = None,
 ) -> torch.Tensor:
     """Separate a long mixture chunk by chunk, with aligned overlap-add.
 
@@ -87,6 +89,9 @@ def separate_in_chunks(
         longer than this.
     overlap_samples : int
         Overlap between consecutive chunks (``0 < overlap < chunk``).
+    progress : callable, optional
+        Called after each chunk with the number of samples of ``mix`` it completed
+        (they add up to ``time``), e.g. to update a progress bar.
 
     Returns
     -------
@@ -108,8 +113,11 @@ def separate_in_chunks(
             f"overlap_samples={overlap_samples}, chunk_samples={chunk_samples}"
         )
     T = mix.shape[0]
+    report = progress or (lambda samples: None)
     if T <= chunk_samples:
-        return separate_batch(mix[None])[0].float().cpu()
+        output = separate_batch(mix[None])[0].float().cpu()
+        report(T)
+        return output
 
     hop = chunk_samples - overlap_samples
     starts = list(range(0, T - overlap_samples, hop))
@@ -123,13 +131,13 @@ def separate_in_chunks(
         if output is None:
             output = torch.zeros(T, estimate.shape[-1])
             output[:stop] = estimate
-            written = stop
-            continue
-        overlap = written - start  # >= overlap_samples except maybe the last chunk
-        estimate = align_to_previous(output[start:written], estimate)
-        fade = torch.linspace(0.0, 1.0, overlap + 2)[1:-1, None]  # [overlap, 1]
-        output[start:written] = output[start:written] * (1 - fade) + estimate[:overlap] * fade
-        output[written:stop] = estimate[overlap:]
+        else:
+            overlap = written - start  # >= overlap_samples except maybe the last chunk
+            estimate = align_to_previous(output[start:written], estimate)
+            fade = torch.linspace(0.0, 1.0, overlap + 2)[1:-1, None]  # [overlap, 1]
+            output[start:written] = output[start:written] * (1 - fade) + estimate[:overlap] * fade
+            output[written:stop] = estimate[overlap:]
+        report(stop - written)
         written = stop
     return output
 
@@ -201,8 +209,9 @@ class LongAudioSeparator:
         )
         return cls(separator, **kwargs)
 
-    def separate_tensor(self, mix: torch.Tensor) -> torch.Tensor:
-        """``[time]`` (or ``[1, time]``) at the model's sample rate -> ``[time, spks]``."""
+    def separate_tensor(self, mix: torch.Tensor, progress: Optional[Progress] = None) -> torch.Tensor:
+        """``[time]`` (or ``[1, time]``) at the model's sample rate -> ``[time, spks]``;
+        ``progress`` as in :func:`separate_in_chunks`."""
         if mix.dim() == 2 and mix.shape[0] == 1:
             mix = mix[0]
         if mix.dim() != 1:
@@ -218,9 +227,9 @@ class LongAudioSeparator:
                 f"LongAudioSeparator: {bad} of {mix.shape[0]} samples are not finite (NaN or "
                 f"Inf); expected finite audio"
             )
-        return self._separate_checked(mix)
+        return self._separate_checked(mix, progress)
 
-    def _separate_checked(self, mix: torch.Tensor) -> torch.Tensor:
+    def _separate_checked(self, mix: torch.Tensor, progress: Optional[Progress] = None) -> torch.Tensor:
         """``[time]``, already checked -> ``[time, spks]`` on the CPU."""
         with torch.inference_mode():
             return separate_in_chunks(
@@ -228,16 +237,18 @@ class LongAudioSeparator:
                 mix,
                 self.chunk_samples,
                 self.overlap_samples,
+                progress,
             )
 
-    def separate_file(self, path: str) -> torch.Tensor:
+    def separate_file(self, path: str, progress: Optional[Progress] = None) -> torch.Tensor:
         """Read, down-mix to mono, resample to the model's rate and separate a file.
 
-        Returns ``[time, spks]`` at the model's sample rate. Raises ``ValueError``
+        Returns ``[time, spks]`` at the model's sample rate; ``progress`` gets the
+        samples (at the model's rate) each chunk completed. Raises ``ValueError``
         naming the file when it is unreadable, empty, shorter than the encoder kernel or
         holds non-finite (NaN or Inf) samples.
         """
-        return self._separate_checked(self.load(path))
+        return self._separate_checked(self.load(path), progress)
 
     def load(self, path: str) -> torch.Tensor:
         """The mono mixture at the model's sample rate, with checks naming ``path``."""

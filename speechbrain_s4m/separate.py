@@ -8,12 +8,13 @@ Authors
 import argparse
 import os
 import sys
+import time
 from typing import List, Optional, Sequence
 
 import soundfile as sf
 
 from speechbrain_s4m.cli import EXIT_OK, EXIT_SOME_INPUTS_FAILED, command_parser, usage_error
-from speechbrain_s4m.data.audio import audio_info
+from speechbrain_s4m.data.audio import audio_info, resampled_length
 from speechbrain_s4m.long_audio import LongAudioSeparator
 from speechbrain_s4m.resources import keep_freed_memory
 
@@ -61,7 +62,64 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-seconds", type=float, default=10.0, help="chunk length (default 10 s)")
     parser.add_argument("--overlap-seconds", type=float, default=2.0, help="chunk overlap (default 2 s)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars (they are shown only when stderr is a terminal)",
+    )
     return parser
+
+
+class FileProgress:
+    """A tqdm bar over one file's audio, in seconds, with the real-time factor
+    (processing seconds per second of audio) in its postfix; a callback for
+    :meth:`~speechbrain_s4m.long_audio.LongAudioSeparator.separate_file`.
+
+    Example
+    -------
+    >>> with FileProgress("x.wav", seconds=2.0, sample_rate=8000, enabled=False) as progress:
+    ...     progress(8000)
+    ...     progress(8000)
+    >>> progress.seconds_done
+    2.0
+    """
+
+    def __init__(self, name: str, seconds: float, sample_rate: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.sample_rate = sample_rate
+        self.seconds_done = 0.0
+        self.start = time.perf_counter()
+        self.bar = tqdm(
+            total=seconds,
+            desc=name,
+            unit="s",
+            unit_scale=False,
+            leave=False,
+            disable=not enabled,
+            file=sys.stderr,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}{postfix}]",
+        )
+
+    def __call__(self, samples: int) -> None:
+        self.seconds_done += samples / self.sample_rate
+        self.bar.update(samples / self.sample_rate)
+        if self.seconds_done > 0:
+            rtf = (time.perf_counter() - self.start) / self.seconds_done
+            self.bar.set_postfix_str(f"RTF {rtf:.3f}")
+
+    def __enter__(self) -> "FileProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+def show_progress(quiet: bool, stream=None) -> bool:
+    """Progress bars only for a person watching: not with ``--quiet``, and not when
+    stderr is redirected to a file or a pipe (logs stay clean)."""
+    stream = sys.stderr if stream is None else stream
+    return not quiet and hasattr(stream, "isatty") and stream.isatty()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -87,8 +145,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from tqdm import tqdm
 
+    show = show_progress(args.quiet)
     failures = 0
-    for path in tqdm(files, desc="separating", unit="file", disable=len(files) < 2):
+    for path in tqdm(files, desc="separating", unit="file", disable=not show or len(files) < 2, file=sys.stderr):
         outputs = _output_paths(args.out, path, num_spks)
         existing = [p for p in outputs if os.path.exists(p)]
         if existing and not args.force:
@@ -102,7 +161,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             channels = audio_info(path).channels
             if channels > 1:
                 print(f"{path}: {channels} channels, down-mixed to mono", file=sys.stderr)
-            sources = separator.separate_file(path)  # [time, spks]
+            info = audio_info(path)  # the bar's total: the samples the model will see
+            seconds = resampled_length(info.num_frames, info.sample_rate, separator.sample_rate) / separator.sample_rate
+            with FileProgress(os.path.basename(path), seconds, separator.sample_rate, show) as progress:
+                sources = separator.separate_file(path, progress)  # [time, spks]
         except (FileNotFoundError, ValueError) as error:
             print(f"{path}: {error}", file=sys.stderr)
             failures += 1

@@ -1,6 +1,7 @@
 """Export of a trained recipe run for SpeechBrain's separator, long-audio separation
 and the s4m-separate command line. The model is trained by a tiny recipe run here."""
 
+import io
 import os
 import subprocess
 import sys
@@ -193,6 +194,32 @@ def test_cli_separates_files_and_folders(inputs, model_dir, tmp_path, capsys):
     data, rate = sf.read(str(out / "good0_s1.wav"))
     assert rate == 8000 and len(data) == sf.info(str(inputs / "good0.wav")).frames
     assert abs(np.abs(data).max() - 0.99) < 1e-3  # peak-normalised by default
+
+
+class Terminal(io.StringIO):
+    """Captured stderr that says it is a terminal, as an interactive shell's is."""
+
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("quiet, terminal", [(False, True), (True, True), (False, False)])
+def test_cli_shows_progress_inside_one_file_only_on_a_terminal(
+    inputs, model_dir, tmp_path, monkeypatch, quiet, terminal
+):
+    # One 2.5 s file in 1 s chunks: the bar counts seconds of audio, with the RTF.
+    data, rate = sf.read(str(inputs / "good0.wav"))
+    long_file = tmp_path / "long one.wav"
+    _write(long_file, np.tile(data, 1 + int(2.5 * rate) // len(data))[: int(2.5 * rate)], rate)
+    stderr = Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    argv = ["--model", model_dir, str(long_file), "--out", str(tmp_path / "out"), "--chunk-seconds", "1"]
+    assert separate_main(argv + ["--overlap-seconds", "0.25"] + (["--quiet"] if quiet else [])) == 0
+    shown = stderr.getvalue()
+    if terminal and not quiet:
+        assert "long one.wav" in shown and "2.5/2.5 s audio" in shown and "RTF" in shown
+    else:
+        assert "s audio" not in shown and "RTF" not in shown
 
 
 def test_cli_never_overwrites_without_force(inputs, model_dir, tmp_path, capsys):
