@@ -23,6 +23,7 @@ from speechbrain_s4m.benchmark.models import (
     check_overrides,
     count_parameters,
 )
+from speechbrain_s4m.benchmark.plots import write_plots
 from speechbrain_s4m.benchmark.report import PAPER, check_targets, machine_info, report
 from speechbrain_s4m.benchmark.scaling import (
     ScalingSpec,
@@ -317,5 +318,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         json.dump(record, handle, indent=2)
     with open(os.path.join(args.out, "bench.md"), "w", encoding="utf-8") as handle:
         handle.write(text)
-    print(f"Wrote {os.path.join(args.out, 'bench.json')} and bench.md")
+    plots = write_plots(record, args.out)
+    names = ", ".join(["bench.md"] + [os.path.basename(path) for path in plots])
+    print(f"Wrote {os.path.join(args.out, 'bench.json')}, {names}")
     return 0
