@@ -148,25 +148,6 @@ def dynamic_mixing_sources(data: Path, out: Path) -> Path:
     return out
 
 
-def plot_spectrograms(signals: Dict[str, "object"], sample_rate: int, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, axes = plt.subplots(len(signals), 1, figsize=(8, 1.9 * len(signals)), sharex=True)
-    for ax, (title, signal) in zip(axes, signals.items()):
-        with np.errstate(divide="ignore"):  # digital silence
-            ax.specgram(np.asarray(signal), NFFT=256, Fs=sample_rate, noverlap=192, cmap="magma")
-        ax.set_title(title, fontsize=9)
-        ax.set_ylabel("Hz")
-    axes[-1].set_xlabel("time (s)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def _mean_results(results_csv: Path) -> Dict[str, float]:
     with open(results_csv, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -182,7 +163,8 @@ def run_demo(workdir: Path, budget: DemoBudget, retrain: bool = False, seed: int
     from speechbrain_s4m.curves import plot_training_curves, read_training_curve
     from speechbrain_s4m.data.synthetic import make_synthetic_librimix
     from speechbrain_s4m.export import export_model
-    from speechbrain_s4m.metrics import apply_permutation, best_permutation
+    from speechbrain_s4m.html_report import ReportEntry, model_card_summary, plot_spectrograms, write_report
+    from speechbrain_s4m.metrics import apply_permutation, best_permutation, sdr, si_snr
 
     workdir = workdir.resolve()
     data, run, model, separated, report = (workdir / name for name in ("data", "run", "model", "separated", "report"))
@@ -258,6 +240,30 @@ def run_demo(workdir: Path, budget: DemoBudget, retrain: bool = False, seed: int
         rate,
         report / "spectrograms.png",
     )
+    outputs = [separated / f"{mixture.stem}_s{s}.wav" for s in (1, 2)]
+    mix_t = torch.from_numpy(mix[:length])[None, :, None].expand(-1, -1, 2)  # [1, T, 2]
+    ref_t, est_t = references[None, :length].double(), estimates[None].double()
+    gains = {
+        "SI-SNRi (dB)": (si_snr(est_t, ref_t) - si_snr(mix_t.double(), ref_t))[0].tolist(),
+        "SDRi (dB)": (sdr(est_t, ref_t) - sdr(mix_t.double(), ref_t))[0].tolist(),
+    }
+    order = perm[0].tolist()  # estimate k is reference k after the permutation
+    write_report(
+        str(report),
+        "S4M-tiny demo: one test mixture, separated",
+        [
+            ReportEntry(
+                name=mixture.name,
+                mixture=str(mixture),
+                sources=[str(outputs[k]) for k in order],
+                references=[str(test_folder / f"s{s}" / mixture.name) for s in (1, 2)],
+                spectrogram=str(report / "spectrograms.png"),
+                metrics=gains,
+            )
+        ],
+        model_card_summary(str(model)),
+        force=True,  # the demo's own report folder
+    )
     summary = {
         "test_metrics_db": _mean_results(run / "test_results.csv"),
         "paths": {
@@ -270,6 +276,7 @@ def run_demo(workdir: Path, budget: DemoBudget, retrain: bool = False, seed: int
             "separated_outputs": [str(separated / f"{mixture.stem}_s{s}.wav") for s in (1, 2)],
             "training_curve": str(report / "training_curve.png"),
             "spectrograms": str(report / "spectrograms.png"),
+            "report_page": str(report / "index.html"),
         },
         "budget": {
             "train_steps": budget.train_steps,

@@ -15,6 +15,13 @@ import soundfile as sf
 
 from speechbrain_s4m.cli import EXIT_OK, EXIT_SOME_INPUTS_FAILED, command_parser, usage_error
 from speechbrain_s4m.data.audio import audio_info, resampled_length
+from speechbrain_s4m.html_report import (
+    ReportEntry,
+    check_report_folder,
+    model_card_summary,
+    plot_spectrograms,
+    write_report,
+)
 from speechbrain_s4m.long_audio import LongAudioSeparator
 from speechbrain_s4m.resources import keep_freed_memory
 
@@ -37,6 +44,18 @@ def _audio_files(inputs: Sequence[str]) -> List[str]:
 def _output_paths(out_dir: str, path: str, num_spks: int) -> List[str]:
     name = os.path.splitext(os.path.basename(path))[0]
     return [os.path.join(out_dir, f"{name}_s{s + 1}.wav") for s in range(num_spks)]
+
+
+def _report_entry(out_dir: str, path: str, mix, sources, outputs: List[str], sample_rate: int) -> ReportEntry:
+    """The page's entry for one separated input: the mixture copied beside the sources
+    (so the folder plays wherever it is moved) and its spectrograms."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    mixture = os.path.join(out_dir, f"{stem}_mix.wav")
+    sf.write(mixture, mix.numpy(), sample_rate, subtype="FLOAT")
+    image = os.path.join(out_dir, f"{stem}_spectrograms.png")
+    signals = {"mixture": mix.numpy()} | {f"source {s + 1}": sources[:, s].numpy() for s in range(sources.shape[1])}
+    plot_spectrograms(signals, sample_rate, image)
+    return ReportEntry(name=os.path.basename(path), mixture=mixture, sources=list(outputs), spectrogram=image)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-seconds", type=float, default=10.0, help="chunk length (default 10 s)")
     parser.add_argument("--overlap-seconds", type=float, default=2.0, help="chunk overlap (default 2 s)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="also write OUT/index.html: audio players for each mixture (copied as <name>_mix.wav) and its "
+        "separated sources, spectrograms and the model card summary (opens offline)",
+    )
     parser.add_argument(
         "--quiet",
         action="store_true",
@@ -141,7 +166,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         return usage_error("s4m-separate", error)
     num_spks = int(separator.separator.hparams.num_spks)
+    if args.report:
+        try:
+            check_report_folder(args.out, args.force)  # before anything is written
+        except FileExistsError as error:
+            return usage_error("s4m-separate", error)
     os.makedirs(args.out, exist_ok=True)
+    entries: List[ReportEntry] = []
 
     from tqdm import tqdm
 
@@ -163,8 +194,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"{path}: {channels} channels, down-mixed to mono", file=sys.stderr)
             info = audio_info(path)  # the bar's total: the samples the model will see
             seconds = resampled_length(info.num_frames, info.sample_rate, separator.sample_rate) / separator.sample_rate
+            mix = separator.load(path)  # [time] at the model's rate
             with FileProgress(os.path.basename(path), seconds, separator.sample_rate, show) as progress:
-                sources = separator.separate_file(path, progress)  # [time, spks]
+                sources = separator.separate_tensor(mix, progress)  # [time, spks]
         except (FileNotFoundError, ValueError) as error:
             print(f"{path}: {error}", file=sys.stderr)
             failures += 1
@@ -173,6 +205,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sources = 0.99 * sources / sources.abs().amax(dim=0).clamp_min(1e-8)
         for s, out_path in enumerate(outputs):
             sf.write(out_path, sources[:, s].numpy(), separator.sample_rate, subtype="PCM_16")
+        if args.report:
+            entries.append(_report_entry(args.out, path, mix, sources, outputs, separator.sample_rate))
+    if args.report:
+        card = model_card_summary(args.model)
+        title = f"s4m-separate: {os.path.basename(os.path.abspath(args.model))}"
+        page = write_report(args.out, title, entries, card, force=True)  # checked before separating
+        print(f"report: {page}", file=sys.stderr)
     if failures:
         print(f"s4m-separate: {failures} of {len(files)} input(s) failed", file=sys.stderr)
         return EXIT_SOME_INPUTS_FAILED

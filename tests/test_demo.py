@@ -40,6 +40,8 @@ def test_demo_runs_every_step_and_reuses_its_data(tmp_path):
     for name in ("training_curve.png", "spectrograms.png", "README.md"):
         assert (report / name).stat().st_size > 1000 or name == "README.md"
     assert (report / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (report / "index.html").read_text(encoding="utf-8")  # mixture, 2 separated, 2 references
+    assert page.count("<audio") == 5 and "SI-SNRi (dB)" in page and "test SI-SNRi" in page
     for path in summary["paths"]["separated_outputs"]:
         assert Path(path).is_file()
     assert sorted(os.listdir(workdir / "model")) == [

@@ -3,6 +3,8 @@ and the s4m-separate command line. The model is trained by a tiny recipe run her
 
 import io
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -220,6 +222,26 @@ def test_cli_shows_progress_inside_one_file_only_on_a_terminal(
         assert "long one.wav" in shown and "2.5/2.5 s audio" in shown and "RTF" in shown
     else:
         assert "s audio" not in shown and "RTF" not in shown
+
+
+def test_cli_report_page_plays_from_its_folder(inputs, model_dir, tmp_path, capsys):
+    from urllib.parse import unquote
+
+    named = tmp_path / "named" / "mixture één 2.wav"  # a space and non-ASCII letters
+    named.parent.mkdir()
+    shutil.copy(inputs / "good0.wav", named)
+    out = tmp_path / "out"
+    argv = ["--model", model_dir, str(named), str(inputs / "good1.wav"), "--out", str(out), "--report"]
+    assert separate_main(argv) == 0
+    text = (out / "index.html").read_text(encoding="utf-8")
+    sources = re.findall(r'src="([^"]+)"', text)
+    assert text.count("<audio") == 2 * 3 and len(sources) == 2 * 4  # mixture, 2 sources, spectrograms
+    assert all((out / unquote(src)).is_file() for src in sources) and "%20" in text
+    assert "s4m_tiny" in text and "test SI-SNRi" in text  # the model card summary
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert separate_main(["--model", model_dir, str(named), "--out", str(out), "--report"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing touched
 
 
 def test_cli_never_overwrites_without_force(inputs, model_dir, tmp_path, capsys):
