@@ -17,6 +17,7 @@ import dataclasses
 import gc
 import json
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -270,6 +271,8 @@ def run_scaling_subprocess(spec: ScalingSpec, timeout: float = 3600.0) -> Dict[s
     for line in reversed(done.stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)
+    if done.returncode == -signal.SIGKILL:  # the kernel's OOM killer, before the rlimit bit
+        return {"seconds": spec.seconds, "error": "out of memory (the worker was killed by the system, SIGKILL)"}
     tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
     return {"seconds": spec.seconds, "error": f"worker failed (rc {done.returncode}): {' | '.join(tail)}"}
 
