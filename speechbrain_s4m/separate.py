@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 import soundfile as sf
 
 from speechbrain_s4m.cli import EXIT_OK, EXIT_SOME_INPUTS_FAILED, command_parser, usage_error
-from speechbrain_s4m.data.audio import audio_info, resampled_length
+from speechbrain_s4m.data.audio import audio_info
 from speechbrain_s4m.html_report import (
     ReportEntry,
     check_report_folder,
@@ -192,9 +192,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             channels = audio_info(path).channels
             if channels > 1:
                 print(f"{path}: {channels} channels, down-mixed to mono", file=sys.stderr)
-            info = audio_info(path)  # the bar's total: the samples the model will see
-            seconds = resampled_length(info.num_frames, info.sample_rate, separator.sample_rate) / separator.sample_rate
             mix = separator.load(path)  # [time] at the model's rate
+            seconds = mix.shape[0] / separator.sample_rate  # the bar's total
             with FileProgress(os.path.basename(path), seconds, separator.sample_rate, show) as progress:
                 sources = separator.separate_tensor(mix, progress)  # [time, spks]
         except (FileNotFoundError, ValueError) as error:
