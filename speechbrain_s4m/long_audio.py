@@ -227,10 +227,11 @@ class LongAudioSeparator:
                 f"LongAudioSeparator: {bad} of {mix.shape[0]} samples are not finite (NaN or "
                 f"Inf); expected finite audio"
             )
-        return self._separate_checked(mix, progress)
+        return self.separate_loaded(mix, progress)
 
-    def _separate_checked(self, mix: torch.Tensor, progress: Optional[Progress] = None) -> torch.Tensor:
-        """``[time]``, already checked -> ``[time, spks]`` on the CPU."""
+    def separate_loaded(self, mix: torch.Tensor, progress: Optional[Progress] = None) -> torch.Tensor:
+        """A mixture returned by :meth:`load` (already checked) -> ``[time, spks]`` on
+        the CPU; ``progress`` as in :func:`separate_in_chunks`."""
         with torch.inference_mode():
             return separate_in_chunks(
                 lambda chunk: self.model(chunk.to(self.device)),
@@ -248,7 +249,7 @@ class LongAudioSeparator:
         naming the file when it is unreadable, empty, shorter than the encoder kernel or
         holds non-finite (NaN or Inf) samples.
         """
-        return self._separate_checked(self.load(path), progress)
+        return self.separate_loaded(self.load(path), progress)
 
     def load(self, path: str) -> torch.Tensor:
         """The mono mixture at the model's sample rate, with checks naming ``path``."""

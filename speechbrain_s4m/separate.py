@@ -195,7 +195,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             mix = separator.load(path)  # [time] at the model's rate
             seconds = mix.shape[0] / separator.sample_rate  # the bar's total
             with FileProgress(os.path.basename(path), seconds, separator.sample_rate, show) as progress:
-                sources = separator.separate_tensor(mix, progress)  # [time, spks]
+                sources = separator.separate_loaded(mix, progress)  # [time, spks]
         except (FileNotFoundError, ValueError) as error:
             print(f"{path}: {error}", file=sys.stderr)
             failures += 1
