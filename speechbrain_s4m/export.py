@@ -19,6 +19,7 @@ import io
 import os
 import shutil
 import sys
+import tempfile
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -205,6 +206,24 @@ def export_model(
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
         f.write(_model_card(recipe_folder, checkpoint, out_dir, settings))
     return out_dir
+
+
+def load_exported(model_dir: str, savedir: Optional[str] = None, device: str = "cpu"):
+    """Load an exported model folder with SpeechBrain's ``SepformerSeparation``.
+
+    Raises ``FileNotFoundError`` naming the folder and the files expected when it is
+    not an ``s4m-export`` folder."""
+    from speechbrain.inference.separation import SepformerSeparation
+
+    if not os.path.isfile(os.path.join(model_dir, "hyperparams.yaml")):
+        raise FileNotFoundError(
+            f"{model_dir} is not a model folder: expected hyperparams.yaml, "
+            "encoder.ckpt, masknet.ckpt and decoder.ckpt there (see s4m-export)"
+        )
+    savedir = savedir or tempfile.mkdtemp(prefix="s4m-model-")
+    return SepformerSeparation.from_hparams(
+        source=os.path.abspath(model_dir), savedir=savedir, run_opts={"device": device}
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

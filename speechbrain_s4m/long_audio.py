@@ -14,8 +14,6 @@ Authors
 """
 
 import itertools
-import os
-import tempfile
 from typing import Callable, Optional
 
 import torch
@@ -190,23 +188,16 @@ class LongAudioSeparator:
         self.model = EncoderMaskerDecoder(mods.encoder, mods.masknet, mods.decoder).eval()
         self.device = torch.device(separator.device)
         self.min_samples = encoder_kernel_size(mods.encoder)
+        self.num_spks = int(separator.hparams.num_spks)
 
     @classmethod
     def from_folder(
         cls, model_dir: str, savedir: Optional[str] = None, device: str = "cpu", **kwargs
     ) -> "LongAudioSeparator":
         """Load an exported model folder with SpeechBrain's ``SepformerSeparation``."""
-        from speechbrain.inference.separation import SepformerSeparation
+        from speechbrain_s4m.export import load_exported
 
-        if not os.path.isfile(os.path.join(model_dir, "hyperparams.yaml")):
-            raise FileNotFoundError(
-                f"{model_dir} is not a model folder: expected hyperparams.yaml, "
-                "encoder.ckpt, masknet.ckpt and decoder.ckpt there (see s4m-export)"
-            )
-        savedir = savedir or tempfile.mkdtemp(prefix="s4m-model-")
-        separator = SepformerSeparation.from_hparams(
-            source=os.path.abspath(model_dir), savedir=savedir, run_opts={"device": device}
-        )
+        separator = load_exported(model_dir, savedir=savedir, device=device)
         return cls(separator, **kwargs)
 
     def separate_tensor(self, mix: torch.Tensor, progress: Optional[Progress] = None) -> torch.Tensor:

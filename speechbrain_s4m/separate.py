@@ -1,5 +1,7 @@
 """``s4m-separate``: separate the speakers of recordings of any length with an
-exported model, in bounded memory (:class:`~speechbrain_s4m.long_audio.LongAudioSeparator`).
+exported model, in bounded memory (:class:`~speechbrain_s4m.long_audio.LongAudioSeparator`),
+or with ``--stream`` as a stream through a causal model, chunk by chunk in constant
+memory (:class:`~speechbrain_s4m.streaming.StreamingSeparator`).
 
 Authors
  * speechbrain-s4m contributors
@@ -24,6 +26,7 @@ from speechbrain_s4m.html_report import (
 )
 from speechbrain_s4m.long_audio import LongAudioSeparator
 from speechbrain_s4m.resources import keep_freed_memory
+from speechbrain_s4m.streaming import StreamingSeparator, stream_file
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
@@ -81,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-seconds", type=float, default=10.0, help="chunk length (default 10 s)")
     parser.add_argument("--overlap-seconds", type=float, default=2.0, help="chunk overlap (default 2 s)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="stream each file through a causal model (hparams/*_causal.yaml) chunk by chunk, in constant "
+        "memory, as a real-time separator would; prints the algorithmic latency and the real-time factor. "
+        "Inputs must be at the model's sample rate",
+    )
+    parser.add_argument(
+        "--chunk-ms", type=float, default=16.0, help="with --stream: milliseconds of audio per chunk (default 16)"
+    )
     parser.add_argument(
         "--report",
         action="store_true",
@@ -147,6 +160,29 @@ def show_progress(quiet: bool, stream=None) -> bool:
     return not quiet and hasattr(stream, "isatty") and stream.isatty()
 
 
+def _stream_one(separator: StreamingSeparator, path: str, outputs: List[str], args: argparse.Namespace) -> bool:
+    """Stream one file; print its summary line (or its error line) and say whether it
+    was separated."""
+    chunk = max(1, int(round(args.chunk_ms * separator.sample_rate / 1000)))
+    try:
+        channels = audio_info(path).channels
+        if channels > 1:
+            print(f"{path}: {channels} channels, down-mixed to mono", file=sys.stderr)
+        report = stream_file(separator, path, outputs, chunk, normalize=args.normalize)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"{path}: {error}", file=sys.stderr)
+        return False
+    latency = separator.latency_samples
+    memory = ", ".join(f"{m:.0f}" for m in report.rss_mib)
+    print(
+        f"{path}: streamed {report.seconds:.1f} s in {report.chunks} chunks of {args.chunk_ms:g} ms; "
+        f"algorithmic latency {latency} samples ({1000 * latency / separator.sample_rate:.1f} ms); "
+        f"real-time factor {report.real_time_factor:.3f}; resident memory (MiB, every 10 min of audio "
+        f"and at the end): {memory}"
+    )
+    return True
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``s4m-separate``; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -156,16 +192,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     files = _audio_files(args.inputs)
     if not files:
         return usage_error("s4m-separate", "no audio files found in the inputs")
+    if args.stream and args.report:
+        return usage_error("s4m-separate", "--report needs whole recordings in memory; use it without --stream")
+    if args.chunk_ms <= 0:
+        return usage_error("s4m-separate", f"--chunk-ms must be positive, got {args.chunk_ms:g}")
     try:
-        separator = LongAudioSeparator.from_folder(
-            args.model,
-            device=args.device,
-            chunk_seconds=args.chunk_seconds,
-            overlap_seconds=args.overlap_seconds,
-        )
+        if args.stream:
+            separator = StreamingSeparator.from_folder(args.model, device=args.device)
+        else:
+            separator = LongAudioSeparator.from_folder(
+                args.model,
+                device=args.device,
+                chunk_seconds=args.chunk_seconds,
+                overlap_seconds=args.overlap_seconds,
+            )
     except (FileNotFoundError, ValueError) as error:
         return usage_error("s4m-separate", error)
-    num_spks = int(separator.separator.hparams.num_spks)
+    num_spks = separator.num_spks
     if args.report:
         try:
             check_report_folder(args.out, args.force)  # before anything is written
@@ -187,6 +230,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 file=sys.stderr,
             )
             failures += 1
+            continue
+        if args.stream:
+            failures += not _stream_one(separator, path, outputs, args)
             continue
         try:
             channels = audio_info(path).channels

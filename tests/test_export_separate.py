@@ -15,6 +15,7 @@ import soundfile as sf
 import torch
 from speechbrain.inference.separation import SepformerSeparation
 from tiny_datasets import make_librimix
+from tiny_runs import train_tiny
 
 from speechbrain_s4m.export import export_model
 from speechbrain_s4m.long_audio import LongAudioSeparator, separate_in_chunks
@@ -24,26 +25,6 @@ from speechbrain_s4m.separate import main as separate_main
 pytestmark = pytest.mark.slow  # trains a recipe (see tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def train_tiny(data, out, epochs=2):
-    recipe = REPO / "recipes" / "LibriMix" / "separation"
-    command = [
-        sys.executable,
-        str(recipe / "train.py"),
-        str(recipe / "hparams" / "s4m_tiny.yaml"),
-        f"--data_folder={data}",
-        f"--output_folder={out}",
-        "--device=cpu",
-        "--num_workers=0",
-        "--noprogressbar",
-        f"--N_epochs={epochs}",
-        "--num_blocks=2",
-        "--hidden_channels=32",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow  # trains recipes (see tests/conftest.py)
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {"WSJ0Mix": make_wsj0mix, "LibriMix": make_librimix, "LRS2Mix": make_lrs2mix}
 HPARAMS = ["s4m", "s4m_tiny", "sepformer"]
+CAUSAL_HPARAMS = ["s4m_causal", "s4m_tiny_causal"]  # trained end to end in the LibriMix recipe only
 MODEL_MARKER = "# ###################################################################### Model"
 COMMON_MARKER = "# ################################################################# Experiment"
 
@@ -37,6 +38,8 @@ COMMON_MARKER = "# #############################################################
 SMALL = {
     "s4m": ["--num_blocks=2", "--hidden_channels=32"],
     "s4m_tiny": ["--num_blocks=2", "--hidden_channels=32"],
+    "s4m_causal": ["--num_blocks=2", "--hidden_channels=32"],
+    "s4m_tiny_causal": ["--num_blocks=2", "--hidden_channels=32"],
     "sepformer": ["--num_transformer_layers=1", "--N_encoder_out=64", "--out_channels=64"],
 }
 
@@ -78,18 +81,27 @@ def datasets(tmp_path_factory):
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_hparams_files_differ_only_in_the_model_section(recipe):
     folder = REPO / "recipes" / recipe / "separation" / "hparams"
-    commons, models = [], []
-    for name in HPARAMS:
+    commons, models = [], {}
+    for name in HPARAMS + CAUSAL_HPARAMS:
         text = (folder / f"{name}.yaml").read_text()
         header_and_model, common = text.split(COMMON_MARKER)
         commons.append(common)
-        models.append(header_and_model.split(MODEL_MARKER)[1])
-    assert commons[0] == commons[1] == commons[2]
-    assert len(set(models)) == 3
+        models[name] = header_and_model.split(MODEL_MARKER)[1]
+    assert all(common == commons[0] for common in commons)
+    assert len(set(models.values())) == len(models)
+    for name in CAUSAL_HPARAMS:  # the offline model's section plus causal: True
+        offline = models[name.replace("_causal", "")].splitlines()
+        causal = models[name].splitlines()
+        assert [line for line in causal if line not in offline] == [
+            f"backbone: {name}",
+            "    causal: True  # chunk-causal: unidirectional S4, per-frame norms, left-padded convs",
+        ]
 
 
-@pytest.mark.parametrize("hparams", HPARAMS)
-@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize(
+    "recipe, hparams",
+    [(recipe, hparams) for recipe in RECIPES for hparams in HPARAMS] + [("LibriMix", h) for h in CAUSAL_HPARAMS],
+)
 def test_recipe_runs_end_to_end(recipe, hparams, datasets, tmp_path):
     out = tmp_path / "out"
     run(train_command(recipe, hparams, datasets[recipe], out, "--debug"))

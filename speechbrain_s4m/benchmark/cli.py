@@ -31,12 +31,13 @@ from speechbrain_s4m.benchmark.scaling import (
     scaling_section,
     scaling_worker,
 )
+from speechbrain_s4m.benchmark.streaming import STREAMING_MODELS, streaming_section
 from speechbrain_s4m.benchmark.timing import cpu_rtf, gpu_rtf, set_torch_threads, training_section
 from speechbrain_s4m.cli import command_parser, usage_error
 from speechbrain_s4m.resources import keep_freed_memory
 
 PROG = "s4m-bench"
-SECTIONS = ("params", "macs", "cpu", "gpu", "train", "scaling")
+SECTIONS = ("params", "macs", "cpu", "gpu", "train", "scaling", "streaming")
 FORWARD_SECTIONS = ("params", "macs", "cpu", "gpu")  # on models built in this process
 
 
@@ -142,6 +143,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", default="results/bench/", help="folder for bench.json and bench.md (default: %(default)s)"
     )
+    parser.add_argument(
+        "--stream-models",
+        default=",".join(STREAMING_MODELS),
+        help="causal models of the streaming section (LibriMix recipe, 8 kHz; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--stream-chunks-ms", default="8,16,32,64", help="streaming chunk lengths in ms (default: %(default)s)"
+    )
+    parser.add_argument("--stream-threads", default="1,2", help="streaming thread counts (default: %(default)s)")
+    parser.add_argument(
+        "--stream-seconds", type=float, default=30.0, help="audio streamed per row (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--stream-memory-minutes",
+        type=float,
+        default=10.0,
+        help="audio streamed (64 ms chunks) to measure resident-memory growth per model; 0 skips it "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # a ScalingSpec as JSON
     return parser
 
@@ -167,7 +187,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> Dict[st
     names = _split(args.models)
     sections = _split(args.sections)
     scaling_names = _split(args.scaling_models) if args.scaling_models else names
-    _check_names(names + scaling_names, list(RECIPE_HPARAMS), str(sorted(RECIPE_HPARAMS)), "model")
+    stream_names = _split(args.stream_models)
+    _check_names(names + scaling_names + stream_names, list(RECIPE_HPARAMS), str(sorted(RECIPE_HPARAMS)), "model")
     _check_names(sections, SECTIONS, ",".join(SECTIONS), "section")
     try:
         check_overrides(args.model_overrides, "model overrides")
@@ -194,11 +215,17 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> Dict[st
             "train_batch": args.train_batch,
             "train_seconds": args.train_seconds,
             "train_overrides": args.train_overrides,
+            "stream_models": stream_names,
+            "stream_chunks_ms": args.stream_chunks_ms,
+            "stream_threads": args.stream_threads,
+            "stream_seconds": args.stream_seconds,
+            "stream_memory_minutes": args.stream_memory_minutes,
         },
         "counting_rule": COUNTING_RULE,
         "paper": PAPER,
         "models": {name: {} for name in names},
         "scaling": {},
+        "streaming": {},
         "notes": [],
     }
     log(f"{PROG}: {', '.join(names)}; sections {', '.join(sections)}; {args.threads} CPU threads")
@@ -217,6 +244,24 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> Dict[st
             overrides=args.model_overrides,
             log=log,
         )
+    if "streaming" in sections:
+        log(
+            f"Streaming: {', '.join(stream_names)}; chunks of {args.stream_chunks_ms} ms, "
+            f"{args.stream_seconds:g} s of audio per row, threads {args.stream_threads} ..."
+        )
+        try:
+            record["streaming"] = streaming_section(
+                stream_names,
+                [float(v) for v in _split(args.stream_chunks_ms)],
+                [int(v) for v in _split(args.stream_threads)],
+                args.stream_seconds,
+                args.stream_memory_minutes,
+                overrides=args.model_overrides,
+                log=log,
+            )
+        except ValueError as error:
+            raise UsageError(error) from error
+        set_torch_threads(args.threads)
     record["targets"] = check_targets(record)
     record["machine"]["load_average_end"] = machine_info(args.threads).get("load_average")
     return record

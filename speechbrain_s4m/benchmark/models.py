@@ -28,8 +28,14 @@ SAMPLE_RATE = 16000  # the paper's Table 4 (LRS2-2Mix)
 REFERENCE = "Sepformer"  # every figure is also given as a ratio to this model's
 
 # The hparams file of each model, the same name in every recipe folder.
-RECIPE_HPARAMS = {"S4M-tiny": "s4m_tiny.yaml", "S4M": "s4m.yaml", "Sepformer": "sepformer.yaml"}
-DEFAULT_MODELS = tuple(RECIPE_HPARAMS)
+RECIPE_HPARAMS = {
+    "S4M-tiny": "s4m_tiny.yaml",
+    "S4M": "s4m.yaml",
+    "Sepformer": "sepformer.yaml",
+    "S4M-tiny causal": "s4m_tiny_causal.yaml",  # the streaming section's
+    "S4M causal": "s4m_causal.yaml",
+}
+DEFAULT_MODELS = ("S4M-tiny", "S4M", "Sepformer")
 
 RECIPES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "recipes")
 FORWARD_HPARAMS_DIR = os.path.join(RECIPES_DIR, "LRS2Mix", "separation", "hparams")
@@ -132,7 +138,7 @@ def recipe_hparams_file(name: str, hparams_dir: str = FORWARD_HPARAMS_DIR) -> st
     >>> recipe_hparams_file("Nope")
     Traceback (most recent call last):
     ...
-    ValueError: unknown model 'Nope'; choose from ['S4M', 'S4M-tiny', 'Sepformer']
+    ValueError: unknown model 'Nope'; choose from ['S4M', 'S4M causal', 'S4M-tiny', 'S4M-tiny causal', 'Sepformer']
     """
     if name not in RECIPE_HPARAMS:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(RECIPE_HPARAMS)}")
@@ -176,10 +182,10 @@ def check_overrides(overrides: Overrides, what: str) -> None:
     Example
     -------
     >>> check_overrides({"S4M": {"num_blocks": 1}}, "model overrides")
-    >>> check_overrides({"ConvTasNet": {"N": 1}}, "model overrides")
+    >>> check_overrides({"ConvTasNet": {"N": 1}}, "model overrides")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: model overrides for models without a recipe: ['ConvTasNet']; recipes: ['S4M', 'S4M-tiny', 'Sepformer']
+    ValueError: model overrides for models without a recipe: ['ConvTasNet']; recipes: ['S4M', ...]
     """
     if not isinstance(overrides, dict) or not all(isinstance(value, dict) for value in overrides.values()):
         raise ValueError(f"{what}: expected {{model: {{key: value}}}}, got {overrides!r}")

@@ -11,12 +11,14 @@ import datetime
 import math
 import os
 import platform
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 
 from speechbrain_s4m.benchmark.macs import COUNTING_RULE
 from speechbrain_s4m.benchmark.models import REFERENCE
+
+STREAM_TARGET_MODEL = "S4M-tiny causal"  # the streaming targets' model
 
 TRAIN_SPEEDUP_TARGET = 6.0  # S4M-tiny's training step, times faster than Sepformer's
 
@@ -294,13 +296,91 @@ def scaling_table(scaling: Dict[str, List[Dict[str, object]]]) -> str:
 
 
 # ---------------------------------------------------------------------- targets
+def streaming_table(streaming: Dict[str, Dict[str, object]]) -> str:
+    """The streaming rows: per model, threads and chunk length.
+
+    Example
+    -------
+    >>> row = {"threads": 1, "chunk_ms": 16, "chunks": 10, "median_ms": 1.0, "p99_ms": 2.0, "rtf": 0.1,
+    ...     "latency_samples": 87, "latency_ms": 10.875}
+    >>> print(streaming_table({"S4M-tiny causal": {"rows": [row]}}).splitlines()[2])
+    | S4M-tiny causal | 1 | 16 | 1.00 | 2.00 | 0.100 | 87 (10.9 ms) | - |
+    """
+    rows = []
+    for name, result in streaming.items():
+        memory = result.get("memory")
+        growth = "-"
+        if memory:
+            growth = (
+                f"{memory['rss_end_mib'] - memory['rss_first_minute_mib']:+.1f} MiB "
+                f"({memory['rss_first_minute_mib']:.0f} -> {memory['rss_end_mib']:.0f}, 1 -> {memory['minutes']} min)"
+            )
+        for i, row in enumerate(result["rows"]):
+            rows.append(
+                [
+                    name,
+                    str(row["threads"]),
+                    f"{row['chunk_ms']:g}",
+                    f"{row['median_ms']:.2f}",
+                    f"{row['p99_ms']:.2f}",
+                    f"{row['rtf']:.3f}",
+                    f"{row['latency_samples']} ({row['latency_ms']:.1f} ms)",
+                    growth if i == 0 else "",
+                ]
+            )
+    header = [
+        "model",
+        "threads",
+        "chunk (ms)",
+        "median per chunk (ms)",
+        "p99 per chunk (ms)",
+        "RTF",
+        "algorithmic latency (samples)",
+        "resident memory growth",
+    ]
+    return markdown_table(header, rows)
+
+
+def streaming_targets(streaming: Mapping[str, Mapping[str, object]]) -> List[Dict[str, str]]:
+    """The streaming issue's targets for causal S4M-tiny at 8 kHz: real time on one core
+    with 16 ms chunks (99th percentile under 16 ms), and RTF <= 0.3 with 64 ms chunks.
+
+    Example
+    -------
+    >>> [t["status"] for t in streaming_targets({})]
+    ['SKIP', 'SKIP']
+    """
+    rows = streaming.get(STREAM_TARGET_MODEL, {}).get("rows", [])
+
+    def find(chunk_ms: float) -> Optional[Dict[str, float]]:
+        return next((r for r in rows if r["threads"] == 1 and r["chunk_ms"] == chunk_ms), None)
+
+    targets = []
+    row = find(16)
+    label = "causal S4M-tiny streams in real time on 1 thread with 16 ms chunks (p99 < 16 ms)"
+    if row:
+        status = "PASS" if row["p99_ms"] < 16 else "MISS"
+        detail = f"p99 {row['p99_ms']:.2f} ms, median {row['median_ms']:.2f} ms per 16 ms chunk"
+        targets.append({"target": label, "status": status, "detail": detail})
+    else:
+        targets.append({"target": label, "status": "SKIP", "detail": "needs the streaming section, 1 thread, 16 ms"})
+    row = find(64)
+    label = "causal S4M-tiny RTF <= 0.3 on 1 thread with 64 ms chunks"
+    if row:
+        status = "PASS" if row["rtf"] <= 0.3 else "MISS"
+        targets.append({"target": label, "status": status, "detail": f"RTF {row['rtf']:.3f}"})
+    else:
+        targets.append({"target": label, "status": "SKIP", "detail": "needs the streaming section, 1 thread, 64 ms"})
+    return targets
+
+
 def check_targets(record: Dict[str, object]) -> List[Dict[str, str]]:
     """The efficiency issue's targets: PASS, MISS (with the numbers) or SKIP.
 
     Example
     -------
     >>> [t["status"] for t in check_targets({"models": {}, "scaling": {}})]
-    ['SKIP', 'SKIP', 'SKIP', 'SKIP', 'SKIP', 'SKIP']
+    ['SKIP', 'SKIP', 'SKIP', 'SKIP', 'SKIP', 'SKIP', 'SKIP', 'SKIP']
     """
     models = record.get("models", {})
     rows = summary_rows(models)
@@ -369,7 +449,7 @@ def check_targets(record: Dict[str, object]) -> List[Dict[str, str]]:
         )
     else:
         add(label, "SKIP", "needs the scaling section with lengths 4 and 60")
-    return targets
+    return targets + streaming_targets(record.get("streaming", {}))
 
 
 MACS_VERSUS_PAPER = (
@@ -443,6 +523,19 @@ def report(record: Dict[str, object]) -> str:
             "them (after building the model and a 0.25 s warm-up; the peak is reset there through "
             "/proc/self/clear_refs). 'time / linear from 4 s': forward time divided by the 4 s time scaled "
             "to the same length.",
+            "",
+        ]
+    if record.get("streaming"):
+        parts += [
+            "## Streaming (causal models, LibriMix recipe, 8 kHz; StreamingSeparator)",
+            "",
+            streaming_table(record["streaming"]),
+            "",
+            "Per chunk: compute time of one StreamingSeparator.process call (a chunk that completes no "
+            "block is only buffered). RTF: compute time per second of audio. Algorithmic latency: output "
+            "sample u depends on input samples up to u + latency (the rest of its block plus the encoder "
+            "kernel), before the chunk's own buffering. Memory growth: resident memory after the last "
+            "minute minus after the first, streaming 64 ms chunks.",
             "",
         ]
     if record.get("notes"):

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechbrain_s4m.lobes.stream_state import StreamState
+
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype autocast would run a convolution of ``x`` in (``x``'s without it)."""
@@ -97,8 +99,16 @@ class DepthwiseConvolution(torch.autograd.Function):
 
 
 class DepthwiseConv1d(nn.Conv1d):
-    """Depthwise ``Conv1d`` (``groups == in_channels == out_channels``) with "same"
-    padding ``(kernel_size - 1) // 2``; parameters and state dict are ``nn.Conv1d``'s.
+    """Depthwise ``Conv1d`` (``groups == in_channels == out_channels``); parameters and
+    state dict are ``nn.Conv1d``'s.
+
+    Non-causal ("same" padding ``(kernel_size - 1) // 2``), or causal: ``kernel_size -
+    stride`` frames of left context and none on the right, so output frame ``j`` sees
+    input frames up to ``stride * j + stride - 1``, the last of the ``stride`` frames it
+    replaces (block-aligned down-sampling). The left context is zeros at the start of a
+    sequence; given a :class:`~speechbrain_s4m.lobes.stream_state.StreamState`, it is
+    the previous chunk's last input frames, so that a sequence fed in chunks (of
+    multiples of ``stride`` frames) gives the output of the whole.
 
     Arguments
     ---------
@@ -110,6 +120,8 @@ class DepthwiseConv1d(nn.Conv1d):
         Stride (2 halves an even length).
     bias : bool
         Whether to add a learned per-channel bias.
+    causal : bool
+        Left context only (see above).
 
     Example
     -------
@@ -118,20 +130,35 @@ class DepthwiseConv1d(nn.Conv1d):
     >>> y = conv(x)
     >>> y.shape, bool(torch.allclose(y, nn.Conv1d.forward(conv, x), atol=1e-6))
     (torch.Size([2, 8, 24]), True)
+    >>> causal = DepthwiseConv1d(8, 5, stride=2, causal=True)
+    >>> causal(x).shape
+    torch.Size([2, 8, 24])
     """
 
-    def __init__(self, channels: int, kernel_size: int, stride: int = 1, bias: bool = True):
+    def __init__(self, channels: int, kernel_size: int, stride: int = 1, bias: bool = True, causal: bool = False):
+        if causal and kernel_size < stride:
+            raise ValueError(
+                f"DepthwiseConv1d: a causal kernel needs kernel_size >= stride, got {kernel_size} < {stride}"
+            )
         super().__init__(
             channels,
             channels,
             kernel_size,
             stride=stride,
-            padding=(kernel_size - 1) // 2,
+            padding=0 if causal else (kernel_size - 1) // 2,
             groups=channels,
             bias=bias,
         )
+        self.causal = causal
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def left_context(self) -> int:
+        """Input frames a causal convolution keeps from before each chunk."""
+        return self.kernel_size[0] - self.stride[0] if self.causal else 0
+
+    def forward(self, x: torch.Tensor, stream: Optional[StreamState] = None) -> torch.Tensor:
+        """``[B, C, L] -> [B, C, L / stride]``; ``stream`` carries a causal
+        convolution's left context from one chunk to the next."""
         if x.dim() != 3 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"DepthwiseConv1d: expected input of shape [batch, {self.in_channels}, time], got {tuple(x.shape)}"
@@ -139,4 +166,11 @@ class DepthwiseConv1d(nn.Conv1d):
         if self.kernel_size[0] == 1 and self.stride[0] == 1:  # a per-channel scale
             scale = self.weight[:, 0]  # [C, 1]
             return x * scale if self.bias is None else torch.addcmul(self.bias[:, None], x, scale)
+        if self.left_context:
+            past = None if stream is None else stream.get(self)
+            if past is None:
+                past = x.new_zeros(x.shape[0], x.shape[1], self.left_context)
+            x = torch.cat([past, x], dim=-1)  # [B, C, left + L]
+            if stream is not None:
+                stream.set(self, x[..., -self.left_context :])
         return DepthwiseConvolution.apply(x, self.weight, self.bias, self.stride[0], self.padding[0])

@@ -5,7 +5,8 @@ lobes.s4_kernel`: ``"dplr"`` for S4 with HiPPO-LegS, ``"diag"`` for S4D) to each
 ``H`` channels by FFT in O(L log L), adds the ``D`` skip, then GELU, a 1x1 conv ``H ->
 2H`` and GLU. A bidirectional layer adds a second kernel run over the time-reversed
 sequence (a correlation in the same FFT). A unidirectional layer is causal and can also
-be run one step at a time with :meth:`S4.step` on the discretised system.
+be run chunk by chunk, carrying its state, with :meth:`S4.forward_recurrent`: the
+recurrence of :mod:`speechbrain_s4m.lobes.s4_recurrence`, in real arithmetic.
 
 The layer works for any length, with no preset maximum and without modifying
 parameters or buffers in ``forward``; kernels and FFTs run in float32 even under
@@ -24,13 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechbrain_s4m.lobes.pointwise import PointwiseConv1d
-from speechbrain_s4m.lobes.s4_kernel import (
-    DiagonalKernel,
-    DiscreteSSM,
-    DPLRKernel,
-    SSMKernel,
-    fft_length,
-)
+from speechbrain_s4m.lobes.s4_kernel import DiagonalKernel, DPLRKernel, SSMKernel, fft_length
+from speechbrain_s4m.lobes.s4_recurrence import SSMRecurrence
 
 __all__ = ["S4", "fft_length"]
 
@@ -55,8 +51,8 @@ class S4(nn.Module):
         ``N``, the state size of each SSM (even; ``N // 2`` complex states are stored).
     bidirectional : bool
         If True, a second kernel runs over the time-reversed sequence and the two
-        outputs are summed (non-causal). If False, the layer is causal and can be run
-        one step at a time with :meth:`step`.
+        outputs are summed (non-causal). If False, the layer is causal and can also be run
+        chunk by chunk, carrying its state, with :meth:`forward_recurrent`.
     mode : str
         ``"dplr"`` (HiPPO-LegS, diagonal plus low rank, bilinear) or ``"diag"``
         (S4D, diagonal, zero-order hold).
@@ -74,10 +70,11 @@ class S4(nn.Module):
     >>> layer(x).shape
     torch.Size([2, 8, 100])
     >>> causal = S4(d_model=8, bidirectional=False)
-    >>> state = causal.default_state(batch_size=2)
-    >>> y_t, state = causal.step(x[:, :, 0], state)
-    >>> y_t.shape
-    torch.Size([2, 8])
+    >>> recurrence = causal.recurrence()  # the discretised system, once
+    >>> y_first, state = causal.forward_recurrent(x[..., :60], None, recurrence)
+    >>> y_rest, state = causal.forward_recurrent(x[..., 60:], state, recurrence)
+    >>> bool(torch.allclose(torch.cat([y_first, y_rest], -1), causal(x), atol=1e-5))
+    True
     """
 
     def __init__(
@@ -210,69 +207,44 @@ class S4(nn.Module):
         return self._output(y, x.dtype)
 
     # ------------------------------------------------------------------ recurrence
-    def discrete_system(self) -> DiscreteSSM:
-        """The discretised system for :meth:`step`: compute it once per sequence."""
-        self._require_causal("discrete_system")
+    def recurrence(self) -> SSMRecurrence:
+        """The layer's SSM as a chunked real recurrence (unidirectional layers only),
+        from the discretised system computed once: build it once per stream and pass
+        it to every :meth:`forward_recurrent` call."""
+        self._require_causal("recurrence")
         with _float32_region(self.kernel.skip.device):
-            return self.kernel.discretize()
+            return SSMRecurrence(self.kernel.discretize())
 
-    def default_state(self, batch_size: int, device: Optional[torch.device] = None) -> torch.Tensor:
-        """Zero state for :meth:`step` (unidirectional layers only).
-
-        Returns
-        -------
-        torch.Tensor
-            complex64 ``[batch, H, N]`` in ``"dplr"`` mode (the full conjugate-
-            symmetric state), ``[batch, H, N/2]`` in ``"diag"`` mode.
-        """
-        self._require_causal("default_state")
-        states = self.d_state if self.mode == "dplr" else self.d_state // 2
-        device = self.kernel.skip.device if device is None else device
-        return torch.zeros(batch_size, self.d_model, states, dtype=torch.complex64, device=device)
-
-    def step(
-        self, x_t: torch.Tensor, state: torch.Tensor, system: Optional[DiscreteSSM] = None
+    def forward_recurrent(
+        self, x: torch.Tensor, state: Optional[torch.Tensor], recurrence: SSMRecurrence
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One step of the recurrence ``h_k = A_bar h_{k-1} + B_bar u_k`` (Eq. 5),
-        ``y_k = C h_k + D u_k``, then the layer's output map.
-
-        Stepping through a sequence reproduces :meth:`forward` (convolution mode).
+        """Apply the layer to the next ``L`` frames of a sequence, carrying the SSM
+        state: stepping through a sequence in chunks of any lengths reproduces
+        :meth:`forward` on the whole of it.
 
         Arguments
         ---------
-        x_t : torch.Tensor
-            ``[batch, H]``, one time step.
-        state : torch.Tensor
-            From :meth:`default_state` or the previous call.
-        system : DiscreteSSM, optional
-            :meth:`discrete_system`, computed once for all steps; computed here when
-            omitted.
+        x : torch.Tensor
+            ``[batch, H, L]``, the next frames.
+        state : torch.Tensor, optional
+            ``[batch, H, N]`` from the previous call; None (zero) at the start.
+        recurrence : SSMRecurrence
+            :meth:`recurrence`.
 
         Returns
         -------
-        y_t : torch.Tensor
-            ``[batch, H]``.
+        y : torch.Tensor
+            ``[batch, H, L]``.
         state : torch.Tensor
-            The next state.
+            The state after the last frame.
         """
-        self._require_causal("step")
-        if x_t.dim() != 2 or x_t.shape[1] != self.d_model:
-            raise ValueError(f"S4.step: expected x_t of shape [batch, {self.d_model}], got {tuple(x_t.shape)}")
-        expected = self.default_state(x_t.shape[0], device=x_t.device).shape
-        if state.shape != expected:
-            raise ValueError(f"S4.step: expected state of shape {tuple(expected)}, got {tuple(state.shape)}")
-        if system is None:
-            system = self.discrete_system()
-        with _float32_region(x_t.device):
-            u = x_t.float()
-            A_bar, B_bar, C, D, halved = system
-            if A_bar.dim() == 3:  # dense transition (DPLR)
-                state = torch.einsum("hnm,bhm->bhn", A_bar, state) + B_bar * u[..., None]
-            else:
-                state = A_bar * state + B_bar * u[..., None]
-            y = torch.einsum("hn,bhn->bh", C[0], state).real * (2 if halved else 1)
-            y = y + D * u
-        return self._output(y.unsqueeze(-1), x_t.dtype).squeeze(-1), state
+        self._require_causal("forward_recurrent")
+        self._check_input(x)
+        if state is None:
+            state = recurrence.initial_state(x.shape[0])
+        with _float32_region(x.device):
+            y, state = recurrence(x, state)
+        return self._output(y, x.dtype), state
 
     def _require_causal(self, method: str) -> None:
         if self.bidirectional:

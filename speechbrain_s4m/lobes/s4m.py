@@ -22,6 +22,13 @@ broadcast). The masks
 are trimmed back to the input length. One computation serves training, inference,
 autocast, CPU and GPU.
 
+``causal=True`` builds the same modules chunk-causal, for streaming: unidirectional S4
+layers, per-frame layer norms in place of gLN, and depthwise convolutions with left
+context only, the strided ones aligned to the blocks of ``2^(S-1)`` frames. Given a
+:class:`~speechbrain_s4m.lobes.stream_state.StreamState`, the same forward pass then
+continues a sequence chunk by chunk (the S4 layers run their recurrence, the
+convolutions take their left context from the previous chunk).
+
 Legend: ``B`` batch, ``E`` encoder channels, ``C`` hidden channels, ``L`` frames,
 ``S`` scales, ``G`` stacked embeddings.
 
@@ -38,16 +45,20 @@ from torch import nn
 from speechbrain_s4m.lobes.depthwise import DepthwiseConv1d
 from speechbrain_s4m.lobes.pointwise import PointwiseConv1d
 from speechbrain_s4m.lobes.s4 import S4
+from speechbrain_s4m.lobes.stream_state import StreamState
+
+NORM_EPS = 1e-8
 
 
 def global_layer_norm(channels: int) -> nn.GroupNorm:
     """gLN: normalisation over channels and time of each example, with a per-channel
     gain and bias (``GroupNorm`` with one group)."""
-    return nn.GroupNorm(1, channels, eps=1e-8)
+    return nn.GroupNorm(1, channels, eps=NORM_EPS)
 
 
 class ChannelLayerNorm(nn.LayerNorm):
-    """LayerNorm over the channels of a ``[batch, channels, time]`` tensor.
+    """LayerNorm over the channels of a ``[batch, channels, time]`` tensor, frame by
+    frame (causal, and stateless in a stream).
 
     Example
     -------
@@ -57,6 +68,13 @@ class ChannelLayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+def feature_norm(channels: int, causal: bool = False) -> nn.Module:
+    """The block's feature normalisation: gLN, or for a causal network the per-frame
+    layer norm over channels (:class:`ChannelLayerNorm`, same parameters), which needs
+    no statistics from other frames and so carries nothing in a stream."""
+    return ChannelLayerNorm(channels, eps=NORM_EPS) if causal else global_layer_norm(channels)
 
 
 def pooled_sum(scales: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -77,12 +95,24 @@ def pooled_sum(scales: Sequence[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-def depthwise_conv_norm(channels: int, kernel_size: int, stride: int = 1, bias: bool = True) -> nn.Sequential:
-    """Depthwise Conv1d (same padding) followed by gLN."""
-    return nn.Sequential(
-        DepthwiseConv1d(channels, kernel_size, stride=stride, bias=bias),
-        global_layer_norm(channels),
-    )
+class ConvNorm(nn.Sequential):
+    """Depthwise Conv1d (same padding, or causal) followed by :func:`feature_norm`
+    (modules ``0`` and ``1``, as the ``nn.Sequential`` of earlier checkpoints).
+
+    Example
+    -------
+    >>> ConvNorm(8, 5, stride=2, causal=True)(torch.randn(2, 8, 40)).shape
+    torch.Size([2, 8, 20])
+    """
+
+    def __init__(self, channels: int, kernel_size: int, stride: int = 1, bias: bool = True, causal: bool = False):
+        super().__init__(
+            DepthwiseConv1d(channels, kernel_size, stride=stride, bias=bias, causal=causal),
+            feature_norm(channels, causal),
+        )
+
+    def forward(self, x: torch.Tensor, stream: Optional[StreamState] = None) -> torch.Tensor:
+        return self[1](self[0](x, stream))
 
 
 class LocalAttention(nn.Module):
@@ -102,6 +132,8 @@ class LocalAttention(nn.Module):
     kernel_size : int
         Kernel of the three depthwise convolutions (1 to merge with ``F_m``, 5 in
         the top-down decoder).
+    causal : bool
+        Causal convolutions and per-frame normalisation.
 
     Example
     -------
@@ -110,16 +142,16 @@ class LocalAttention(nn.Module):
     torch.Size([2, 8, 40])
     """
 
-    def __init__(self, channels: int, kernel_size: int):
+    def __init__(self, channels: int, kernel_size: int, causal: bool = False):
         super().__init__()
-        self.local_embedding = depthwise_conv_norm(channels, kernel_size, bias=False)  # f_0
-        self.gate_embedding = depthwise_conv_norm(channels, kernel_size, bias=False)  # f_1
-        self.global_embedding = depthwise_conv_norm(channels, kernel_size, bias=False)  # f_2
+        self.local_embedding = ConvNorm(channels, kernel_size, bias=False, causal=causal)  # f_0
+        self.gate_embedding = ConvNorm(channels, kernel_size, bias=False, causal=causal)  # f_1
+        self.global_embedding = ConvNorm(channels, kernel_size, bias=False, causal=causal)  # f_2
 
-    def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    def forward(self, fine: torch.Tensor, coarse: torch.Tensor, stream: Optional[StreamState] = None) -> torch.Tensor:
         """``fine [B, C, L]``, ``coarse [B, C, L / r]`` -> ``[B, C, L]``."""
-        rho, tau = gated_embeddings(coarse, [self.gate_embedding, self.global_embedding]).unbind(1)
-        return self.combine(self.local_embedding(fine), rho, tau)
+        rho, tau = gated_embeddings(coarse, [self.gate_embedding, self.global_embedding], stream).unbind(1)
+        return self.combine(self.local_embedding(fine, stream), rho, tau)
 
     @staticmethod
     def combine(local: torch.Tensor, rho: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
@@ -201,14 +233,16 @@ class BroadcastGate(torch.autograd.Function):
         return grad_local, grad_rho, grad_tau
 
 
-def gated_embeddings(x: torch.Tensor, embeddings: Sequence[nn.Sequential]) -> torch.Tensor:
+def gated_embeddings(
+    x: torch.Tensor, embeddings: Sequence[ConvNorm], stream: Optional[StreamState] = None
+) -> torch.Tensor:
     """The pairs ``(rho, tau) = (sigmoid(f_gate(x)), f_global(x))`` of one or several
-    local attentions on one input ``x [B, C, L]``, where each ``f`` is
-    ``Sequential(DepthwiseConv1d, gLN)`` and ``embeddings`` lists gate, global, gate,
-    global, ...
+    local attentions on one input ``x [B, C, L]``, where each ``f`` is a
+    :class:`ConvNorm` and ``embeddings`` lists gate, global, gate, global, ...
 
-    Every gLN runs as one group of a single GroupNorm, so several attentions on the
-    same input (S4M's scales on ``F_m``) cost a few operator calls instead of many.
+    Every gLN runs as one group of a single GroupNorm (every per-frame norm as one
+    layer norm over the channels of each group), so several attentions on the same
+    input (S4M's scales on ``F_m``) cost a few operator calls instead of many.
 
     Returns
     -------
@@ -225,15 +259,14 @@ def gated_embeddings(x: torch.Tensor, embeddings: Sequence[nn.Sequential]) -> to
     (torch.Size([2, 2, 8, 10]), True)
     """
     batch, C, L = x.shape
-    norms = [f[1] for f in embeddings]
-    y = torch.stack([f[0](x) for f in embeddings], dim=1)  # [B, G, C, L]
-    y = F.group_norm(
-        y.view(batch, -1, L),
-        len(embeddings),
-        torch.cat([norm.weight for norm in norms]),
-        torch.cat([norm.bias for norm in norms]),
-        norms[0].eps,
-    ).view(batch, len(embeddings), C, L)
+    G, norms = len(embeddings), [f[1] for f in embeddings]
+    y = torch.stack([f[0](x, stream) for f in embeddings], dim=1)  # [B, G, C, L]
+    weight, bias = torch.cat([norm.weight for norm in norms]), torch.cat([norm.bias for norm in norms])
+    if isinstance(norms[0], nn.GroupNorm):
+        y = F.group_norm(y.view(batch, -1, L), G, weight, bias, norms[0].eps).view(batch, G, C, L)
+    else:  # per frame: over the C channels of each group
+        y = F.layer_norm(y.transpose(2, 3), (C,), eps=norms[0].eps).transpose(2, 3)
+        y = torch.addcmul(bias.view(G, C, 1), y, weight.view(G, C, 1))
     y[:, 0::2].sigmoid_()  # rho = sigmoid(f_gate(x)); GroupNorm's backward keeps its input
     return y
 
@@ -249,7 +282,9 @@ def add_residual(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class ResidualS4(nn.Module):
-    """Pre-norm residual S4 layer: ``x + S4(LayerNorm(x))``.
+    """Pre-norm residual S4 layer: ``x + S4(LayerNorm(x))``, bidirectional, or
+    unidirectional for a causal network. Given a stream, a causal layer runs its
+    recurrence from the state the stream carries.
 
     Example
     -------
@@ -257,13 +292,20 @@ class ResidualS4(nn.Module):
     torch.Size([2, 8, 30])
     """
 
-    def __init__(self, channels: int, d_state: int = 16):
+    def __init__(self, channels: int, d_state: int = 16, causal: bool = False):
         super().__init__()
         self.norm = ChannelLayerNorm(channels)
-        self.s4 = S4(channels, d_state=d_state, bidirectional=True)
+        self.s4 = S4(channels, d_state=d_state, bidirectional=not causal)
 
-    def forward(self, x: torch.Tensor, spectrum: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return add_residual(x, self.s4(self.norm(x), spectrum))
+    def forward(
+        self, x: torch.Tensor, spectrum: Optional[torch.Tensor] = None, stream: Optional[StreamState] = None
+    ) -> torch.Tensor:
+        if stream is None:
+            return add_residual(x, self.s4(self.norm(x), spectrum))
+        recurrence = stream.cached(self.s4, self.s4.recurrence)
+        y, state = self.s4.forward_recurrent(self.norm(x), stream.get(self.s4), recurrence)
+        stream.set(self.s4, state)
+        return add_residual(x, y)
 
 
 class ResidualFeedForward(nn.Module):
@@ -306,6 +348,9 @@ class S4MBlock(nn.Module):
     decoder_s4 : bool
         Add an S4 layer after each decoder local attention (S4M); False gives
         S4M-tiny.
+    causal : bool
+        Chunk-causal: every output frame depends only on input frames up to the end
+        of its block of :attr:`frame_multiple` frames (see :class:`S4MMaskNet`).
 
     Example
     -------
@@ -321,21 +366,28 @@ class S4MBlock(nn.Module):
         num_scales: int = 4,
         d_state: int = 16,
         decoder_s4: bool = True,
+        causal: bool = False,
     ):
         super().__init__()
         if num_scales < 1:
             raise ValueError(f"S4MBlock: num_scales must be >= 1, got {num_scales}")
         C = hidden_channels
         self.num_scales = num_scales
-        self.input_projection = nn.Sequential(PointwiseConv1d(bottleneck_channels, C), global_layer_norm(C), nn.PReLU())
-        self.pyramid = nn.ModuleList(
-            [depthwise_conv_norm(C, 5, stride=1)] + [depthwise_conv_norm(C, 5, stride=2) for _ in range(num_scales - 1)]
+        self.causal = causal
+        self.input_projection = nn.Sequential(
+            PointwiseConv1d(bottleneck_channels, C), feature_norm(C, causal), nn.PReLU()
         )
-        self.global_s4 = ResidualS4(C, d_state)
+        self.pyramid = nn.ModuleList(
+            [ConvNorm(C, 5, stride=1, causal=causal)]
+            + [ConvNorm(C, 5, stride=2, causal=causal) for _ in range(num_scales - 1)]
+        )
+        self.global_s4 = ResidualS4(C, d_state, causal)
         self.global_feed_forward = ResidualFeedForward(C)
-        self.scale_attention = nn.ModuleList([LocalAttention(C, 1) for _ in range(num_scales)])
-        self.decoder_attention = nn.ModuleList([LocalAttention(C, 5) for _ in range(num_scales - 1)])
-        self.decoder_s4 = nn.ModuleList([ResidualS4(C, d_state) for _ in range(num_scales - 1)]) if decoder_s4 else None
+        self.scale_attention = nn.ModuleList([LocalAttention(C, 1, causal) for _ in range(num_scales)])
+        self.decoder_attention = nn.ModuleList([LocalAttention(C, 5, causal) for _ in range(num_scales - 1)])
+        self.decoder_s4 = (
+            nn.ModuleList([ResidualS4(C, d_state, causal) for _ in range(num_scales - 1)]) if decoder_s4 else None
+        )
         self.output_projection = PointwiseConv1d(C, bottleneck_channels)
 
     @property
@@ -363,7 +415,9 @@ class S4MBlock(nn.Module):
                 spectra.append(self.decoder_s4[i].s4.kernel_spectrum(lengths[i]))
         return spectra
 
-    def _fuse_scales(self, scales: Sequence[torch.Tensor], global_feature: torch.Tensor) -> List[torch.Tensor]:
+    def _fuse_scales(
+        self, scales: Sequence[torch.Tensor], global_feature: torch.Tensor, stream: Optional[StreamState]
+    ) -> List[torch.Tensor]:
         """Local attention of every scale ``F_i`` with ``F_m``; the gate and global
         embeddings of all scales act on the same ``F_m`` and are computed together
         (:func:`gated_embeddings`, ``2 S`` groups of one GroupNorm)."""
@@ -374,30 +428,41 @@ class S4MBlock(nn.Module):
                 for attention in self.scale_attention
                 for module in (attention.gate_embedding, attention.global_embedding)
             ],
+            stream,
         ).unbind(1)  # rho_0, tau_0, rho_1, ... (unbind: a cheap backward, unlike indexing)
         return [
-            LocalAttention.combine(attention.local_embedding(f), *embeddings[2 * i : 2 * i + 2])
+            LocalAttention.combine(attention.local_embedding(f, stream), *embeddings[2 * i : 2 * i + 2])
             for i, (attention, f) in enumerate(zip(self.scale_attention, scales))
         ]
 
-    def forward(self, x: torch.Tensor, spectra: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        spectra: Optional[Sequence[Optional[torch.Tensor]]] = None,
+        stream: Optional[StreamState] = None,
+    ) -> torch.Tensor:
         """``[B, bottleneck, L] -> [B, bottleneck, L]`` for ``L`` a multiple of
         :attr:`frame_multiple`; ``spectra`` from :meth:`kernel_spectra` (computed
-        here when omitted)."""
+        here when omitted). Given a ``stream`` (causal blocks only), ``x`` is the next
+        chunk of a sequence and the S4 layers run their recurrences instead."""
         self.scale_lengths(x.shape[-1])  # checks the length
-        if spectra is None:
+        if stream is not None:
+            if not self.causal:
+                raise ValueError("S4MBlock: a stream needs a causal block (causal=True)")
+            spectra = [None] * (1 + (0 if self.decoder_s4 is None else len(self.decoder_s4)))
+        elif spectra is None:
             spectra = self.kernel_spectra(x.shape[-1])
-        scales = [self.pyramid[0](self.input_projection(x))]  # F_0: [B, C, L]
+        scales = [self.pyramid[0](self.input_projection(x), stream)]  # F_0: [B, C, L]
         for encoder in self.pyramid[1:]:
-            scales.append(encoder(scales[-1]))  # F_i: [B, C, L / 2^i]
+            scales.append(encoder(scales[-1], stream))  # F_i: [B, C, L / 2^i]
         global_feature = pooled_sum(scales)  # F_m: [B, C, L / 2^(S-1)]
-        global_feature = self.global_feed_forward(self.global_s4(global_feature, spectra[0]))
-        fused = self._fuse_scales(scales, global_feature)
+        global_feature = self.global_feed_forward(self.global_s4(global_feature, spectra[0], stream))
+        fused = self._fuse_scales(scales, global_feature, stream)
         expanded = fused[-1]
         for level, i in enumerate(range(self.num_scales - 2, -1, -1)):
-            expanded = self.decoder_attention[i](fused[i], expanded)
+            expanded = self.decoder_attention[i](fused[i], expanded, stream)
             if self.decoder_s4 is not None:
-                expanded = self.decoder_s4[i](expanded, spectra[1 + level])
+                expanded = self.decoder_s4[i](expanded, spectra[1 + level], stream)
         return add_residual(x, self.output_projection(expanded))
 
 
@@ -422,12 +487,25 @@ class S4MMaskNet(nn.Module):
         State size of every S4 layer.
     decoder_s4 : bool
         True for S4M, False for S4M-tiny (no S4 layers in the block's decoder).
+    causal : bool
+        A chunk-causal network for streaming: output frame ``t`` depends only on
+        input frames up to the end of the block of ``2^(S-1)`` frames that holds
+        ``t``. Unidirectional S4 layers, per-frame layer norms in place of gLN,
+        left-padded depthwise convolutions (the strided ones aligned to the blocks),
+        pooling and upsampling within blocks. :meth:`forward` then also takes a
+        :class:`~speechbrain_s4m.lobes.stream_state.StreamState` to continue a
+        sequence chunk by chunk.
 
     Example
     -------
     >>> masknet = S4MMaskNet(in_channels=17, hidden_channels=32, num_blocks=2)
     >>> masknet(torch.randn(3, 17, 101)).shape  # [spks, batch, E, L]
     torch.Size([2, 3, 17, 101])
+    >>> causal = S4MMaskNet(in_channels=17, hidden_channels=32, num_blocks=2, causal=True)
+    >>> x, stream = torch.randn(1, 17, 48), StreamState()
+    >>> chunks = [causal(chunk, stream) for chunk in x.split([16, 8, 24], dim=-1)]
+    >>> bool(torch.allclose(torch.cat(chunks, -1), causal(x), atol=1e-5))
+    True
     """
 
     def __init__(
@@ -440,6 +518,7 @@ class S4MMaskNet(nn.Module):
         num_blocks: int = 16,
         d_state: int = 16,
         decoder_s4: bool = True,
+        causal: bool = False,
     ):
         super().__init__()
         if num_blocks < 1:
@@ -449,9 +528,10 @@ class S4MMaskNet(nn.Module):
         self.in_channels = in_channels
         self.num_spks = num_spks
         self.num_blocks = num_blocks
-        self.norm = global_layer_norm(in_channels)
+        self.causal = causal
+        self.norm = feature_norm(in_channels, causal)
         self.bottleneck = PointwiseConv1d(in_channels, bottleneck_channels)
-        self.block = S4MBlock(bottleneck_channels, hidden_channels, num_scales, d_state, decoder_s4)
+        self.block = S4MBlock(bottleneck_channels, hidden_channels, num_scales, d_state, decoder_s4, causal)
         self.fuse = nn.Sequential(
             DepthwiseConv1d(bottleneck_channels, 1),
             nn.PReLU(),
@@ -462,13 +542,17 @@ class S4MMaskNet(nn.Module):
             nn.ReLU(),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stream: Optional[StreamState] = None) -> torch.Tensor:
         """Estimate masks.
 
         Arguments
         ---------
         x : torch.Tensor
             Encoder output ``[batch, E, L]``, ``L >= 1``.
+        stream : StreamState, optional
+            For a causal network: the state carried from the previous chunks of the
+            same sequence. Then ``L`` must be a multiple of :attr:`block_frames`,
+            except in the last chunk (which is zero-padded like a whole sequence).
 
         Returns
         -------
@@ -480,14 +564,20 @@ class S4MMaskNet(nn.Module):
                 f"S4MMaskNet: expected encoder output of shape "
                 f"[batch, {self.in_channels}, frames >= 1], got {tuple(x.shape)}"
             )
+        if stream is not None and not self.causal:
+            raise ValueError("S4MMaskNet: streaming needs a causal=True model")
         batch, E, L = x.shape
         padded = self.padded_length(L)
         bottleneck = self.bottleneck(self.norm(x))  # [B, bottleneck, L]
         bottleneck = F.pad(bottleneck, (0, padded - L))  # zero frames: [B, bottleneck, L']
-        spectra = self.block.kernel_spectra(padded)  # once for all unfolded passes
-        out = self.block(bottleneck, spectra)
-        for _ in range(self.num_blocks - 1):
-            out = self.block(self.fuse(bottleneck + out), spectra)
+        # Kernel spectra once for all unfolded passes (a stream runs recurrences).
+        spectra = self.block.kernel_spectra(padded) if stream is None else None
+        out = None
+        for unfolded_pass in range(self.num_blocks):
+            if stream is not None:
+                stream.scope = unfolded_pass  # every pass carries its own state
+            block_input = bottleneck if out is None else self.fuse(bottleneck + out)
+            out = self.block(block_input, spectra, stream)
         masks = self.mask_head(out[..., :L])  # [B, spks * E, L]
         return masks.view(batch, self.num_spks, E, L).transpose(0, 1)
 
@@ -510,6 +600,12 @@ class S4MMaskNet(nn.Module):
         with torch.no_grad():
             head.weight.mul_(weight_scale)
             head.bias.fill_(1.0 / self.num_spks)
+
+    @property
+    def block_frames(self) -> int:
+        """``2^(S-1)``: the frames of one causal block (a stream advances by whole
+        blocks)."""
+        return self.block.frame_multiple
 
     def padded_length(self, length: int) -> int:
         """The length the blocks run at: ``length`` rounded up to a multiple of

@@ -227,7 +227,7 @@ def test_main_writes_tables_and_json(tmp_path, capsys):
     cells = [c.strip() for c in sepformer_row.strip("|").split("|")]
     assert cells[7:11] == ["1.000"] * 4
     statuses = {t["target"]: t["status"] for t in record["targets"]}
-    assert len(statuses) == 6 and set(statuses.values()) <= {"PASS", "MISS", "SKIP"}
+    assert len(statuses) == 8 and set(statuses.values()) <= {"PASS", "MISS", "SKIP"}
     assert any(line.startswith(("PASS: ", "MISS: ")) for line in printed.splitlines())
     if not torch.cuda.is_available():
         assert any("GPU section skipped" in note for note in record["notes"])
@@ -279,7 +279,7 @@ def test_scaling_section_and_long_audio_row(monkeypatch):
     table = report.scaling_table(record["scaling"])
     assert "| S4M-tiny | 60 | 6.000 | 0.100 | 1.00 | 600 |" in table
     assert "| S4M-tiny (long-audio path) | 600 | 60.000 | 0.100 | - | 6000 |" in table
-    target = record["targets"][-1]
+    target = next(t for t in record["targets"] if t["target"].startswith("S4M-tiny 60 s on CPU"))
     assert target["status"] == "PASS" and "1.00x linear" in target["detail"]
     # --long-seconds 0: no long-audio row.
     specs.clear()
@@ -308,13 +308,42 @@ def test_targets_pass_and_miss():
     }
     status = [t["status"] for t in report.check_targets(record)]
     # tiny 10x >= 8 PASS; S4M 3.3x < 4 MISS; training step 5x < 6 MISS; tiny MACs
-    # +2.5% PASS; S4M -48% MISS; 60 s: 21 s = 1.4x linear MISS.
-    assert status == ["PASS", "MISS", "MISS", "PASS", "MISS", "MISS"]
+    # +2.5% PASS; S4M -48% MISS; 60 s: 21 s = 1.4x linear MISS; no streaming rows.
+    assert status == ["PASS", "MISS", "MISS", "PASS", "MISS", "MISS", "SKIP", "SKIP"]
+    row = {"threads": 1, "median_ms": 3.0, "latency_samples": 87, "latency_ms": 10.875}
+    record["streaming"] = {
+        "S4M-tiny causal": {
+            "rows": [
+                row | {"chunk_ms": 16, "p99_ms": 17.0, "rtf": 0.2},
+                row | {"chunk_ms": 64, "p99_ms": 9.0, "rtf": 0.25},
+            ]
+        }
+    }
+    assert [t["status"] for t in report.check_targets(record)][-2:] == ["MISS", "PASS"]
     training = report.check_targets(record)[2]
     assert training["target"] == "CPU training step: S4M-tiny >= 6x Sepformer"
     assert training["detail"].startswith("5.00x (Sepformer 1.000 s, S4M-tiny 0.200 s per step of 2 x 2 s at 8 kHz)")
     record["models"]["S4M-tiny"]["train"]["step_s"] = 0.1
     assert report.check_targets(record)[2]["status"] == "PASS"
+
+
+# ------------------------------------------------------------ streaming section
+def test_streaming_section_end_to_end(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    tiny = {"num_blocks": 1, "hidden_channels": 16}
+    options = ["--sections", "streaming", "--threads", str(threads), "--stream-models", "S4M-tiny causal"]
+    options += ["--stream-chunks-ms", "8,64", "--stream-threads", str(threads), "--stream-seconds", "1"]
+    options += ["--stream-memory-minutes", "1", "--model-overrides", json.dumps({"S4M-tiny causal": tiny})]
+    assert cli.main(options + ["--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((tmp_path / "bench.json").read_text())
+    rows = record["streaming"]["S4M-tiny causal"]["rows"]
+    assert [(r["threads"], r["chunk_ms"]) for r in rows] == [(threads, 8.0), (threads, 64.0)]
+    assert rows[0]["chunks"] == 125 and rows[1]["chunks"] == 16  # 1 s at 8 kHz
+    for row in rows:
+        assert 0 < row["median_ms"] <= row["p99_ms"] and row["rtf"] > 0 and row["latency_samples"] == 87
+    assert record["streaming"]["S4M-tiny causal"]["memory"]["minutes"] == 1
+    assert "| S4M-tiny causal | " in printed and "algorithmic latency (samples)" in printed
 
 
 # ------------------------------------------------------------- training section
@@ -381,9 +410,9 @@ def test_train_section_end_to_end(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--models", "Nope"], "unknown model 'Nope'; choose from ['S4M', 'S4M-tiny', 'Sepformer']"),
+        (["--models", "Nope"], "unknown model 'Nope'; choose from ['S4M', 'S4M causal', 'S4M-tiny', 'S4M-tiny causal'"),
         (["--models", "S4M", "--scaling-models", "ConvTasNet"], "unknown model 'ConvTasNet'"),
-        (["--sections", "speed"], "unknown section 'speed'; choose from params,macs,cpu,gpu,train,scaling"),
+        (["--sections", "speed"], "unknown section 'speed'; choose from params,macs,cpu,gpu,train,scaling,streaming"),
         (["--sections", "params,mac"], "unknown section 'mac'"),
         (
             ["--models", "S4M-tiny", "--sections", "train", "--train-overrides", '{"S4M-tiny": {"no_such_key": 1}}'],

@@ -53,7 +53,7 @@ REFERENCES = {
 }
 
 
-@pytest.mark.parametrize("name", list(models.RECIPE_HPARAMS))
+@pytest.mark.parametrize("name", list(models.DEFAULT_MODELS))
 def test_yaml_model_has_the_layers_of_the_hand_built_reference(name):
     built = models.build_model(name)  # LRS2Mix recipe, 16 kHz
     reference = REFERENCES[name](models.SAMPLE_RATE)

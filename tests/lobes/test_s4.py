@@ -102,27 +102,54 @@ def test_hippo_dplr_form_is_legs_in_an_eigenbasis():
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_step_reproduces_forward(mode):
+@pytest.mark.parametrize("chunks", [[1] * 40, [200], [7, 1, 64, 65, 3, 60], [130, 70]])
+def test_recurrence_in_chunks_reproduces_forward(mode, chunks):
     torch.manual_seed(2)
     layer = S4(d_model=5, d_state=16, bidirectional=False, mode=mode).eval()
-    x = torch.randn(2, 5, 200)
+    x = torch.randn(2, 5, sum(chunks))
     with torch.no_grad():
         expected = layer(x)
-        state = layer.default_state(batch_size=2)
-        system = layer.discrete_system()  # discretised once for every step
-        outputs = []
-        for t in range(x.shape[-1]):
-            y_t, state = layer.step(x[:, :, t], state, system)
-            outputs.append(y_t)
-    stepped = torch.stack(outputs, dim=-1)
+        recurrence = layer.recurrence()  # discretised once for every chunk
+        state, outputs = None, []
+        for chunk in x.split(chunks, dim=-1):
+            y, state = layer.forward_recurrent(chunk, state, recurrence)
+            outputs.append(y)
+    stepped = torch.cat(outputs, dim=-1)
     error = (stepped - expected).norm() / expected.norm()
-    assert error < 1e-4, f"relative error {error:.2e}"
+    assert error < 1e-5, f"relative error {error:.2e}"
+    assert state.dtype == torch.float32 and not state.is_complex()
 
 
-def test_step_requires_unidirectional_layer():
+@pytest.mark.parametrize("mode", MODES)
+def test_recurrence_stays_accurate_over_long_sequences(mode):
+    torch.manual_seed(4)
+    layer = S4(d_model=4, d_state=16, bidirectional=False, mode=mode).eval()
+    x = torch.randn(1, 4, 5000)
+    with torch.no_grad():
+        expected = layer(x)
+        y, _ = layer.forward_recurrent(x, None, layer.recurrence())
+    assert ((y - expected).abs().max() / expected.abs().max()) < 1e-4
+
+
+def test_recurrence_builds_operators_for_few_chunk_lengths():
+    layer = S4(d_model=3, bidirectional=False)
+    recurrence, state = layer.recurrence(), None
+    with torch.no_grad():
+        for length in range(1, 140, 3):  # 47 different lengths
+            _, state = layer.forward_recurrent(torch.randn(1, 3, length), state, recurrence)
+    assert sorted(recurrence._operators) == [1, 2, 4, 8, 16, 32, 64]
+
+
+def test_recurrence_rejects_a_state_of_the_wrong_shape():
+    layer = S4(d_model=4, bidirectional=False)
+    with pytest.raises(ValueError, match=r"state of shape \[2, 4, 16\]"):
+        layer.forward_recurrent(torch.randn(2, 4, 10), torch.zeros(2, 4, 8), layer.recurrence())
+
+
+def test_recurrence_requires_unidirectional_layer():
     layer = S4(d_model=4, bidirectional=True)
     with pytest.raises(ValueError, match="bidirectional=False"):
-        layer.default_state(1)
+        layer.recurrence()
 
 
 @pytest.mark.parametrize("mode", MODES)

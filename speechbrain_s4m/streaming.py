@@ -1,0 +1,333 @@
+"""Real-time separation: a causal S4M separator fed audio as it arrives.
+
+:class:`StreamingSeparator` runs the lobes of a causal model (``S4MMaskNet(...,
+causal=True)``) on a stream, a chunk of samples at a time. It separates whole blocks of
+``2^(S-1)`` encoder frames as soon as their samples have arrived and buffers the rest;
+it carries the causal convolutions' last frames and every S4 layer's state
+(:class:`~speechbrain_s4m.lobes.stream_state.StreamState`), and overlap-adds the
+decoder's output. Everything it returns, followed by :meth:`StreamingSeparator.flush`,
+is the offline separation of the whole signal by the same lobes
+(:class:`~speechbrain_s4m.separator.EncoderMaskerDecoder`). Each call costs the same
+however much audio came before, and memory stays constant.
+
+Legend: ``T`` samples, ``E`` encoder channels, ``L`` frames, ``C`` speakers, ``K``
+encoder kernel, ``S`` encoder stride, ``P`` frames per block.
+
+Authors
+ * speechbrain-s4m contributors
+"""
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from speechbrain_s4m.data.audio import audio_info, non_finite_count
+from speechbrain_s4m.lobes.stream_state import StreamState
+from speechbrain_s4m.resources import current_rss_bytes
+from speechbrain_s4m.separator import EncoderMaskerDecoder
+
+__all__ = ["StreamingSeparator", "StreamReport", "stream_file"]
+
+
+def _conv_geometry(module: nn.Module, kind: type) -> tuple:
+    """Kernel and stride of the first ``kind`` layer in ``module``."""
+    for layer in module.modules():
+        if isinstance(layer, kind):
+            return int(layer.kernel_size[0]), int(layer.stride[0]), layer
+    raise ValueError(f"StreamingSeparator: {type(module).__name__} has no {kind.__name__} layer")
+
+
+class StreamingSeparator:
+    """Separate a stream chunk by chunk with a causal encoder / mask net / decoder.
+
+    Arguments
+    ---------
+    encoder : torch.nn.Module
+        ``[B, T] -> [B, E, L]``, a ``Conv1d`` with kernel ``K`` and stride ``S``
+        (:class:`~speechbrain_s4m.lobes.WaveformEncoder`).
+    masknet : torch.nn.Module
+        A causal mask network, ``S4MMaskNet(..., causal=True)``.
+    decoder : torch.nn.Module
+        SpeechBrain's ``Decoder`` (``ConvTranspose1d`` with the encoder's kernel and
+        stride).
+    sample_rate : int, optional
+        The model's sample rate, for :attr:`latency_seconds`.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.dual_path import Decoder
+    >>> from speechbrain_s4m.lobes import S4MMaskNet, WaveformEncoder
+    >>> lobes = (WaveformEncoder(32), S4MMaskNet(17, hidden_channels=16, num_blocks=1, causal=True),
+    ...     Decoder(17, 1, 32, stride=8, bias=False))
+    >>> stream = StreamingSeparator(*lobes)
+    >>> mix = torch.randn(3000)
+    >>> parts = [stream.process(chunk) for chunk in mix.split(128)] + [stream.flush()]
+    >>> separated = torch.cat(parts)  # [time, spks]
+    >>> separated.shape, stream.latency_samples
+    (torch.Size([3000, 2]), 87)
+    >>> offline = EncoderMaskerDecoder(*lobes)(mix[None])[0]
+    >>> bool(torch.allclose(separated, offline, atol=1e-5))
+    True
+    """
+
+    def __init__(self, encoder: nn.Module, masknet: nn.Module, decoder: nn.Module, sample_rate: Optional[int] = None):
+        if not getattr(masknet, "causal", False):
+            raise ValueError(
+                f"StreamingSeparator: streaming needs a causal=True model; got a non-causal "
+                f"{type(masknet).__name__} (train one with hparams/s4m_causal.yaml or "
+                f"s4m_tiny_causal.yaml, or build S4MMaskNet(..., causal=True))"
+            )
+        self.kernel, self.stride, _ = _conv_geometry(encoder, nn.Conv1d)
+        decoder_kernel, decoder_stride, transposed = _conv_geometry(decoder, nn.ConvTranspose1d)
+        if (decoder_kernel, decoder_stride) != (self.kernel, self.stride):
+            raise ValueError(
+                f"StreamingSeparator: the decoder's kernel and stride ({decoder_kernel}, {decoder_stride}) "
+                f"must equal the encoder's ({self.kernel}, {self.stride})"
+            )
+        self.model = EncoderMaskerDecoder(encoder, masknet, decoder).eval()
+        self.num_spks = int(masknet.num_spks)
+        self.block_frames = int(masknet.block_frames)
+        self.sample_rate = sample_rate
+        self._decoder_bias = transposed.bias
+        self.device = next(masknet.parameters()).device
+        self.reset()
+
+    @classmethod
+    def from_folder(cls, model_dir: str, savedir: Optional[str] = None, device: str = "cpu") -> "StreamingSeparator":
+        """Load an ``s4m-export`` folder of a causal model (through SpeechBrain's
+        ``SepformerSeparation``, as for offline use)."""
+        from speechbrain_s4m.export import load_exported
+
+        separator = load_exported(model_dir, savedir=savedir, device=device)
+        mods = separator.mods
+        return cls(mods.encoder, mods.masknet, mods.decoder, int(separator.hparams.sample_rate))
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def latency_samples(self) -> int:
+        """Algorithmic latency: output sample ``u`` depends on input samples up to
+        ``u + latency_samples`` (the rest of its block of ``P`` frames, ``(P - 1) S``
+        samples, plus the encoder kernel's ``K - 1``)."""
+        return (self.block_frames - 1) * self.stride + self.kernel - 1
+
+    @property
+    def latency_seconds(self) -> Optional[float]:
+        """:attr:`latency_samples` in seconds, when the sample rate is known."""
+        return None if self.sample_rate is None else self.latency_samples / self.sample_rate
+
+    @property
+    def block_samples(self) -> int:
+        """Samples per block: the stream advances by whole blocks."""
+        return self.block_frames * self.stride
+
+    # -------------------------------------------------------------------- stream
+    def reset(self) -> None:
+        """Forget the stream: the next :meth:`process` starts a new signal."""
+        self._state = StreamState()
+        self._pending = torch.zeros(0, device=self.device)  # samples from the next frame's start on
+        self._tail = torch.zeros(self.num_spks, self.kernel - self.stride, device=self.device)
+        self._received = 0
+        self._emitted = 0
+        self._chunks = 0
+
+    def state_bytes(self) -> int:
+        """Bytes the stream carries (constant once the first block has passed)."""
+        carried = self._state.nbytes() + self._tail.numel() * self._tail.element_size()
+        return carried + self._pending.numel() * self._pending.element_size()
+
+    def _check_chunk(self, chunk: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
+        chunk = torch.as_tensor(chunk)
+        if chunk.dim() != 1:
+            raise ValueError(
+                f"StreamingSeparator: expected a chunk of shape [time] (mono samples at the "
+                f"model's rate), got {tuple(chunk.shape)}"
+            )
+        chunk = chunk.to(self.device, torch.float32)
+        bad = non_finite_count(chunk)
+        if bad:
+            raise ValueError(
+                f"StreamingSeparator: chunk {self._chunks} holds {bad} non-finite (NaN or Inf) "
+                f"of {chunk.shape[0]} samples; it was not used, and the stream continues with the next chunk"
+            )
+        return chunk
+
+    def _separate_frames(self, samples: torch.Tensor, frames: int) -> torch.Tensor:
+        """Encode ``frames`` frames from ``samples`` (exactly ``(frames - 1) S + K``),
+        mask them with the carried state, decode and overlap-add: the finished
+        samples ``[frames * S, C]``; the rest stays in the tail."""
+        mix_w = self.model.forward_encoder(samples[None])  # [1, E, frames]
+        masks = self.model.masknet(mix_w, self._state)  # [C, 1, E, frames]
+        waveforms = self.model.forward_decoder(self.model.apply_masks(mix_w, masks))[0].T  # [C, (frames-1) S + K]
+        waveforms[:, : self.kernel - self.stride] += self._tail
+        done = frames * self.stride
+        self._tail = waveforms[:, done:].clone()
+        if self._decoder_bias is not None:  # added once per sample, not once per chunk
+            self._tail -= self._decoder_bias
+        return waveforms[:, :done].T  # [frames * S, C]
+
+    @torch.inference_mode()
+    def process(self, chunk: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
+        """Feed the next samples ``[time]``; returns the separated samples finished by
+        them, ``[time_out, spks]`` (possibly none: a partial block is buffered)."""
+        chunk = self._check_chunk(chunk)
+        self._chunks += 1
+        self._received += chunk.shape[0]
+        self._pending = torch.cat([self._pending, chunk])
+        ready = self._pending.shape[0] - self.kernel  # samples past the next frame's kernel
+        frames = 0 if ready < 0 else (ready // self.stride + 1) // self.block_frames * self.block_frames
+        if frames == 0:
+            return torch.zeros(0, self.num_spks)
+        out = self._separate_frames(self._pending[: (frames - 1) * self.stride + self.kernel], frames)
+        self._pending = self._pending[frames * self.stride :].clone()
+        self._emitted += out.shape[0]
+        return out.cpu()
+
+    @torch.inference_mode()
+    def flush(self) -> torch.Tensor:
+        """End the stream: separate what is buffered (zero-padded as the offline
+        encoder and mask net pad the end of a signal) and return the remaining samples
+        ``[time_out, spks]``, so that the stream's output has the input's length. The
+        separator is then reset for a new stream."""
+        pending, remaining = self._pending.shape[0], self._received - self._emitted
+        if self._received == 0:
+            frames = 0
+        elif self._received < self.kernel:  # shorter than one kernel: one zero-padded frame
+            frames = 1
+        else:  # the frames the offline encoder adds to reach the last sample
+            frames = -(-(pending - self.kernel) // self.stride) + 1
+        finished = self._tail.T.new_zeros(0, self.num_spks)
+        if frames:
+            needed = (frames - 1) * self.stride + self.kernel
+            samples = torch.cat([self._pending, self._pending.new_zeros(needed - pending)])
+            finished = self._separate_frames(samples, frames)
+        out = torch.cat([finished, self._tail.T])[:remaining]
+        self.reset()
+        return out.cpu()
+
+
+@dataclass
+class StreamReport:
+    """What :func:`stream_file` measured.
+
+    Attributes
+    ----------
+    seconds : float
+        Audio streamed.
+    chunks : int
+        Chunks fed to :meth:`StreamingSeparator.process`.
+    compute_seconds : List[float]
+        Time of each call (``process`` and the final ``flush``).
+    rss_mib : List[float]
+        Resident memory of the process after each 10 minutes of audio (and at the
+        end), in MiB.
+    """
+
+    seconds: float = 0.0
+    chunks: int = 0
+    compute_seconds: List[float] = field(default_factory=list)
+    rss_mib: List[float] = field(default_factory=list)
+
+    @property
+    def real_time_factor(self) -> float:
+        """Compute time per second of audio."""
+        return sum(self.compute_seconds) / max(self.seconds, 1e-9)
+
+
+RSS_EVERY_SECONDS = 600.0  # resident memory is sampled after each 10 minutes of audio
+
+
+def _rss_mib() -> float:
+    return (current_rss_bytes() or 0) / 2**20
+
+
+def stream_file(
+    separator: StreamingSeparator,
+    path: str,
+    outputs: Sequence[str],
+    chunk_samples: int,
+    normalize: bool = True,
+) -> StreamReport:
+    """Separate an audio file as a stream: read ``chunk_samples`` at a time, push each
+    block through ``separator`` and write the separated samples as they come, so that
+    memory stays constant for recordings of any length.
+
+    The outputs (one per speaker, 16-bit WAV) appear only when the whole file is
+    done: the samples go to temporary float files beside them, which a second pass
+    copies, peak-normalised to 0.99 when ``normalize``, to the final names. Multi-
+    channel files are down-mixed to mono. Raises ``ValueError`` naming ``path`` when
+    the file is unreadable, empty, at another rate than the model's, or holds NaN or
+    Inf samples (no output is left behind then).
+    """
+    import soundfile as sf
+
+    info = audio_info(path)
+    if info.num_frames == 0:
+        raise ValueError(f"{path}: the file is empty (no audio samples)")
+    if separator.sample_rate is not None and info.sample_rate != separator.sample_rate:
+        raise ValueError(
+            f"{path}: {info.sample_rate} Hz; --stream needs audio at the model's rate "
+            f"({separator.sample_rate} Hz): resample the file, or separate it without --stream"
+        )
+    rate = info.sample_rate
+    raw = [f"{out}.stream.part" for out in outputs]
+    report = StreamReport()
+    separator.reset()
+    writers = [sf.SoundFile(p, "w", samplerate=rate, channels=1, subtype="FLOAT", format="WAV") for p in raw]
+    try:
+        peaks = np.zeros(len(outputs))
+
+        def write(separated: torch.Tensor) -> None:
+            block = separated.numpy()
+            if block.shape[0]:
+                peaks[:] = np.maximum(peaks, np.abs(block).max(axis=0))
+                for s, writer in enumerate(writers):
+                    writer.write(block[:, s])
+
+        next_rss = RSS_EVERY_SECONDS
+        with sf.SoundFile(path) as audio:
+            for block in audio.blocks(blocksize=chunk_samples, dtype="float32", always_2d=True):
+                mono = torch.from_numpy(block.mean(axis=1))
+                bad = non_finite_count(mono)
+                if bad:
+                    raise ValueError(
+                        f"{path}: {bad} non-finite (NaN or Inf) samples in the {mono.shape[0]} from "
+                        f"{report.seconds:.2f} s on; nothing was written"
+                    )
+                start = time.perf_counter()
+                separated = separator.process(mono)
+                report.compute_seconds.append(time.perf_counter() - start)
+                report.chunks += 1
+                report.seconds += mono.shape[0] / rate
+                write(separated)
+                if report.seconds >= next_rss:
+                    report.rss_mib.append(_rss_mib())
+                    next_rss += RSS_EVERY_SECONDS
+        start = time.perf_counter()
+        write(separator.flush())
+        report.compute_seconds.append(time.perf_counter() - start)
+        report.rss_mib.append(_rss_mib())
+    except BaseException:
+        for writer, part in zip(writers, raw):
+            writer.close()
+            os.remove(part)
+        separator.reset()
+        raise
+    for writer in writers:
+        writer.close()
+    for s, (part, out) in enumerate(zip(raw, outputs)):
+        scale = 0.99 / max(peaks[s], 1e-8) if normalize else 1.0
+        final = f"{out}.part"
+        with (
+            sf.SoundFile(part) as source,
+            sf.SoundFile(final, "w", samplerate=rate, channels=1, subtype="PCM_16", format="WAV") as sink,
+        ):
+            for block in source.blocks(blocksize=1 << 16, dtype="float32"):
+                sink.write(block * scale)
+        os.replace(final, out)
+        os.remove(part)
+    return report

@@ -1,0 +1,113 @@
+"""A causal S4M-tiny trained by the LibriMix recipe (hparams/s4m_tiny_causal.yaml),
+exported with s4m-export, loaded offline by SpeechBrain and streamed by
+StreamingSeparator.from_folder and ``s4m-separate --stream``."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from speechbrain.inference.separation import SepformerSeparation
+from tiny_datasets import make_librimix
+from tiny_runs import REPO, train_tiny
+
+from speechbrain_s4m.export import export_model
+from speechbrain_s4m.separate import main as separate_main
+from speechbrain_s4m.streaming import StreamingSeparator
+
+pytestmark = pytest.mark.slow  # trains a recipe (see tests/conftest.py)
+
+
+@pytest.fixture(scope="module")
+def causal_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("causal")
+    data = make_librimix(root / "data", with_noise=False)
+    train_tiny(data, root / "run", hparams="s4m_tiny_causal", epochs=1)
+    return export_model(str(root / "run"), str(root / "model")), data
+
+
+def _mixture(data):
+    return sorted(Path(data).rglob("mix_clean/*.wav"))[0]
+
+
+def _offline(model_dir, mix: torch.Tensor, tmp_path) -> torch.Tensor:
+    model = SepformerSeparation.from_hparams(source=model_dir, savedir=str(tmp_path / "cache"))
+    with torch.no_grad():
+        return model.separate_batch(mix[None])[0]  # [time, spks]
+
+
+def test_speechbrain_loads_the_causal_export_and_the_stream_equals_it(causal_model, tmp_path):
+    model_dir, data = causal_model
+    mix = torch.from_numpy(sf.read(str(_mixture(data)), dtype="float32")[0])
+    offline = _offline(model_dir, mix, tmp_path)
+    stream = StreamingSeparator.from_folder(model_dir)
+    assert stream.sample_rate == 8000 and stream.latency_samples == 87
+    streamed = torch.cat([stream.process(chunk) for chunk in mix.split(128)] + [stream.flush()])
+    assert streamed.shape == offline.shape
+    assert (streamed - offline).abs().max() / offline.abs().max() < 1e-4
+
+
+def test_a_non_causal_export_is_refused_with_a_clear_error(tmp_path):
+    data = make_librimix(tmp_path / "data", with_noise=False)
+    train_tiny(data, tmp_path / "run", hparams="s4m_tiny", epochs=1)
+    model_dir = export_model(str(tmp_path / "run"), str(tmp_path / "model"))
+    with pytest.raises(ValueError, match="streaming needs a causal=True model"):
+        StreamingSeparator.from_folder(model_dir)
+    code = separate_main([str(_mixture(data)), "--model", model_dir, "--out", str(tmp_path / "o"), "--stream"])
+    assert code == 2
+
+
+def test_cli_stream_equals_offline_and_reports_latency_and_rtf(causal_model, tmp_path, capsys):
+    model_dir, data = causal_model
+    path = _mixture(data)
+    mix, rate = sf.read(str(path), dtype="float32")
+    out = tmp_path / "out"
+    assert separate_main([str(path), "--model", model_dir, "--out", str(out), "--stream", "--chunk-ms", "16"]) == 0
+    line = capsys.readouterr().out
+    assert re.search(r"algorithmic latency 87 samples \(10\.9 ms\); real-time factor \d+\.\d+", line), line
+    offline = _offline(model_dir, torch.from_numpy(mix), tmp_path).numpy()
+    offline = 0.99 * offline / np.abs(offline).max(axis=0)  # the CLI's peak normalisation
+    for s in range(2):
+        written, written_rate = sf.read(str(out / f"{path.stem}_s{s + 1}.wav"), dtype="float32")
+        assert written_rate == rate and written.shape == (mix.shape[0],)
+        assert np.abs(written - offline[:, s]).max() < 1e-4  # 16-bit rounding: 1.5e-5
+    assert sorted(os.listdir(out)) == [f"{path.stem}_s1.wav", f"{path.stem}_s2.wav"]  # no temporary files left
+
+    # Every guarantee of the offline CLI: no overwrite without --force, one line per failed file.
+    bad = tmp_path / "bad.wav"
+    noisy = mix.copy()
+    noisy[500] = np.nan
+    sf.write(str(bad), noisy, rate, subtype="FLOAT")
+    other_rate = tmp_path / "other_rate.wav"
+    sf.write(str(other_rate), mix, 16000)
+    code = separate_main([str(path), str(bad), str(other_rate), "--model", model_dir, "--out", str(out), "--stream"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "already exists (use --force" in err
+    assert re.search(r"bad\.wav: 1 non-finite \(NaN or Inf\) samples in the 128 from 0\.05 s on", err), err
+    assert "other_rate.wav: 16000 Hz; --stream needs audio at the model's rate (8000 Hz)" in err
+    assert not any(name.startswith(("bad_", "other_rate_")) for name in os.listdir(out))
+
+
+def test_stream_memory_does_not_grow_with_the_recording(causal_model, tmp_path):
+    """Two subprocesses stream 1 and 11 minutes of audio (1 s chunks) through the same
+    model: their resident memory at the end differs by less than 50 MiB."""
+    model_dir, data = causal_model
+    speech, rate = sf.read(str(_mixture(data)), dtype="float32")
+    ends = []
+    for minutes in (1, 11):
+        long = tmp_path / f"long_{minutes}.wav"
+        sf.write(str(long), np.tile(speech, int(np.ceil(minutes * 60 * rate / speech.shape[0]))), rate)
+        command = [sys.executable, "-m", "speechbrain_s4m.separate", str(long), "--model", model_dir]
+        command += ["--out", str(tmp_path / f"out_{minutes}"), "--stream", "--chunk-ms", "1000"]
+        env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        memory = [float(m) for m in result.stdout.rsplit(": ", 1)[1].split(",")]
+        ends.append(memory[-1])
+    assert abs(ends[1] - ends[0]) < 50, ends

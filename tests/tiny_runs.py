@@ -1,0 +1,36 @@
+"""Tiny recipe runs for the tests that need a trained model: the real LibriMix
+command line with a narrow, shallow S4M-tiny (or causal S4M-tiny) on a tiny dataset.
+
+Usage from a test file (tests/conftest.py puts tests/ on the path)::
+
+    from tiny_runs import train_tiny
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def train_tiny(data, out, hparams: str = "s4m_tiny", epochs: int = 2) -> None:
+    """Train ``recipes/LibriMix/separation/hparams/<hparams>.yaml`` on ``data`` into
+    ``out`` (2 unfolded passes of 32 channels, CPU, no workers)."""
+    recipe = REPO / "recipes" / "LibriMix" / "separation"
+    command = [
+        sys.executable,
+        str(recipe / "train.py"),
+        str(recipe / "hparams" / f"{hparams}.yaml"),
+        f"--data_folder={data}",
+        f"--output_folder={out}",
+        "--device=cpu",
+        "--num_workers=0",
+        "--noprogressbar",
+        f"--N_epochs={epochs}",
+        "--num_blocks=2",
+        "--hidden_channels=32",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
