@@ -140,7 +140,7 @@ class StreamingSeparator:
         carried = self._state.nbytes() + self._tail.numel() * self._tail.element_size()
         return carried + self._pending.numel() * self._pending.element_size()
 
-    def _check_chunk(self, chunk: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
+    def _check_chunk(self, chunk: Union[torch.Tensor, np.ndarray], index: int) -> torch.Tensor:
         chunk = torch.as_tensor(chunk)
         if chunk.dim() != 1:
             raise ValueError(
@@ -151,7 +151,7 @@ class StreamingSeparator:
         bad = non_finite_count(chunk)
         if bad:
             raise ValueError(
-                f"StreamingSeparator: chunk {self._chunks} holds {bad} non-finite (NaN or Inf) "
+                f"StreamingSeparator: chunk {index} (counting from 0) holds {bad} non-finite (NaN or Inf) "
                 f"of {chunk.shape[0]} samples; it was not used, and the stream continues with the next chunk"
             )
         return chunk
@@ -174,8 +174,8 @@ class StreamingSeparator:
     def process(self, chunk: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
         """Feed the next samples ``[time]``; returns the separated samples finished by
         them, ``[time_out, spks]`` (possibly none: a partial block is buffered)."""
-        chunk = self._check_chunk(chunk)
-        self._chunks += 1
+        index, self._chunks = self._chunks, self._chunks + 1  # every call counts, refused or not
+        chunk = self._check_chunk(chunk, index)
         self._received += chunk.shape[0]
         self._pending = torch.cat([self._pending, chunk])
         ready = self._pending.shape[0] - self.kernel  # samples past the next frame's kernel
