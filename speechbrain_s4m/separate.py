@@ -176,7 +176,7 @@ def _stream_one(separator: StreamingSeparator, path: str, outputs: List[str], ar
     memory = ", ".join(f"{m:.0f}" for m in report.rss_mib)
     print(
         f"{path}: streamed {report.seconds:.1f} s in {report.chunks} chunks of {args.chunk_ms:g} ms; "
-        f"algorithmic latency {latency} samples ({1000 * latency / separator.sample_rate:.1f} ms); "
+        f"algorithmic latency {latency} samples ({1000 * separator.latency_seconds:.1f} ms); "
         f"real-time factor {report.real_time_factor:.3f}; resident memory (MiB, every 10 min of audio "
         f"and at the end): {memory}"
     )

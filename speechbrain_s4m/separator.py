@@ -35,6 +35,22 @@ def fit_length(estimates: torch.Tensor, length: int) -> torch.Tensor:
     return estimates[:, :length]
 
 
+def first_layer(module: nn.Module, kind: type, role: str) -> nn.Module:
+    """The first ``kind`` layer (e.g. ``nn.Conv1d``) inside ``module``; ``role`` names
+    the module in the ``ValueError`` raised when there is none.
+
+    Example
+    -------
+    >>> from speechbrain_s4m.lobes import WaveformEncoder
+    >>> first_layer(WaveformEncoder(32), nn.Conv1d, "encoder").stride
+    (8,)
+    """
+    for layer in module.modules():
+        if isinstance(layer, kind):
+            return layer
+    raise ValueError(f"{role} {type(module).__name__} has no {kind.__name__} layer")
+
+
 def encoder_kernel_size(encoder: nn.Module) -> int:
     """Kernel size of the first ``Conv1d`` of an encoder (ours or SpeechBrain's): the
     shortest input it can encode.
@@ -45,10 +61,7 @@ def encoder_kernel_size(encoder: nn.Module) -> int:
     >>> encoder_kernel_size(WaveformEncoder(32))
     32
     """
-    for module in encoder.modules():
-        if isinstance(module, nn.Conv1d):
-            return int(module.kernel_size[0])
-    raise ValueError(f"encoder {type(encoder).__name__} has no Conv1d layer")
+    return int(first_layer(encoder, nn.Conv1d, "encoder").kernel_size[0])
 
 
 class EncoderMaskerDecoder(nn.Module):

@@ -29,17 +29,9 @@ from torch import nn
 from speechbrain_s4m.data.audio import audio_info, non_finite_count
 from speechbrain_s4m.lobes.stream_state import StreamState
 from speechbrain_s4m.resources import current_rss_bytes
-from speechbrain_s4m.separator import EncoderMaskerDecoder
+from speechbrain_s4m.separator import EncoderMaskerDecoder, first_layer
 
 __all__ = ["StreamingSeparator", "StreamReport", "stream_file"]
-
-
-def _conv_geometry(module: nn.Module, kind: type) -> tuple:
-    """Kernel and stride of the first ``kind`` layer in ``module``."""
-    for layer in module.modules():
-        if isinstance(layer, kind):
-            return int(layer.kernel_size[0]), int(layer.stride[0]), layer
-    raise ValueError(f"StreamingSeparator: {type(module).__name__} has no {kind.__name__} layer")
 
 
 class StreamingSeparator:
@@ -82,12 +74,13 @@ class StreamingSeparator:
                 f"{type(masknet).__name__} (train one with hparams/s4m_causal.yaml or "
                 f"s4m_tiny_causal.yaml, or build S4MMaskNet(..., causal=True))"
             )
-        self.kernel, self.stride, _ = _conv_geometry(encoder, nn.Conv1d)
-        decoder_kernel, decoder_stride, transposed = _conv_geometry(decoder, nn.ConvTranspose1d)
-        if (decoder_kernel, decoder_stride) != (self.kernel, self.stride):
+        convolution = first_layer(encoder, nn.Conv1d, "StreamingSeparator: encoder")
+        transposed = first_layer(decoder, nn.ConvTranspose1d, "StreamingSeparator: decoder")
+        self.kernel, self.stride = int(convolution.kernel_size[0]), int(convolution.stride[0])
+        if (transposed.kernel_size[0], transposed.stride[0]) != (self.kernel, self.stride):
             raise ValueError(
-                f"StreamingSeparator: the decoder's kernel and stride ({decoder_kernel}, {decoder_stride}) "
-                f"must equal the encoder's ({self.kernel}, {self.stride})"
+                f"StreamingSeparator: the decoder's kernel and stride ({transposed.kernel_size[0]}, "
+                f"{transposed.stride[0]}) must equal the encoder's ({self.kernel}, {self.stride})"
             )
         self.model = EncoderMaskerDecoder(encoder, masknet, decoder).eval()
         self.num_spks = int(masknet.num_spks)

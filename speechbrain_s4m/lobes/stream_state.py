@@ -53,10 +53,6 @@ class StreamState:
             self._cached[module] = build()
         return self._cached[module]
 
-    def tensors(self) -> Dict[Tuple[int, nn.Module], torch.Tensor]:
-        """Every carried tensor, by (scope, module)."""
-        return dict(self._tensors)
-
     def nbytes(self) -> int:
         """Bytes held by the carried tensors (they do not grow with the stream)."""
         return sum(t.numel() * t.element_size() for t in self._tensors.values())
