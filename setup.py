@@ -2,6 +2,8 @@
 
 from setuptools import find_packages, setup
 
+ONNX = ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.2"]
+
 setup(
     name="speechbrain-s4m",
     version="0.1.0",
@@ -33,11 +35,15 @@ setup(
         "espeakng-loader>=0.2.4,<0.3",
     ],
     extras_require={
-        "test": ["pytest>=7", "mir_eval>=0.7", "ruff>=0.6"],
+        # s4m-export-onnx (torch.onnx's exporter needs onnx and onnxscript) and
+        # speechbrain_s4m.onnx_runtime (numpy and onnxruntime only)
+        "onnx": ONNX,
+        "test": ["pytest>=7", "mir_eval>=0.7", "ruff>=0.6", *ONNX],
     },
     entry_points={
         "console_scripts": [
             "s4m-export=speechbrain_s4m.export:main",
+            "s4m-export-onnx=speechbrain_s4m.onnx_export:main",
             "s4m-separate=speechbrain_s4m.separate:main",
             "s4m-make-librimix=speechbrain_s4m.data.librispeech_mixtures:main",
             "s4m-make-data=speechbrain_s4m.data.synthetic:main",

@@ -29,10 +29,7 @@ def fit_length(estimates: torch.Tensor, length: int) -> torch.Tensor:
     """
     if estimates.dim() != 3:
         raise ValueError(f"fit_length: expected estimates [batch, time, spks], got {tuple(estimates.shape)}")
-    missing = length - estimates.shape[1]
-    if missing > 0:
-        return F.pad(estimates, (0, 0, 0, missing))
-    return estimates[:, :length]
+    return F.pad(estimates, (0, 0, 0, length - estimates.shape[1]))  # a negative pad trims
 
 
 def first_layer(module: nn.Module, kind: type, role: str) -> nn.Module:

@@ -30,6 +30,7 @@ from speechbrain_s4m.data.audio import audio_info, non_finite_count
 from speechbrain_s4m.lobes.stream_state import StreamState
 from speechbrain_s4m.resources import current_rss_bytes
 from speechbrain_s4m.separator import EncoderMaskerDecoder, first_layer
+from speechbrain_s4m.stream_geometry import final_frames
 
 __all__ = ["StreamingSeparator", "StreamReport", "stream_file"]
 
@@ -153,7 +154,7 @@ class StreamingSeparator:
         """Encode ``frames`` frames from ``samples`` (exactly ``(frames - 1) S + K``),
         mask them with the carried state, decode and overlap-add: the finished
         samples ``[frames * S, C]``; the rest stays in the tail."""
-        mix_w = self.model.forward_encoder(samples[None])  # [1, E, frames]
+        mix_w = self._state.zero_padding(self.model.forward_encoder(samples[None]))  # [1, E, frames]
         masks = self.model.masknet(mix_w, self._state)  # [C, 1, E, frames]
         waveforms = self.model.forward_decoder(self.model.apply_masks(mix_w, masks))[0].T  # [C, (frames-1) S + K]
         waveforms[:, : self.kernel - self.stride] += self._tail
@@ -187,17 +188,14 @@ class StreamingSeparator:
         ``[time_out, spks]``, so that the stream's output has the input's length. The
         separator is then reset for a new stream."""
         pending, remaining = self._pending.shape[0], self._received - self._emitted
-        if self._received == 0:
-            frames = 0
-        elif self._received < self.kernel:  # shorter than one kernel: one zero-padded frame
-            frames = 1
-        else:  # the frames the offline encoder adds to reach the last sample
-            frames = -(-(pending - self.kernel) // self.stride) + 1
+        frames = final_frames(self._received, pending, self.kernel, self.stride)
         finished = self._tail.T.new_zeros(0, self.num_spks)
-        if frames:
-            needed = (frames - 1) * self.stride + self.kernel
+        if frames:  # whole blocks, the frames after the signal's zeroed
+            whole = -(-frames // self.block_frames) * self.block_frames
+            needed = (whole - 1) * self.stride + self.kernel
             samples = torch.cat([self._pending, self._pending.new_zeros(needed - pending)])
-            finished = self._separate_frames(samples, frames)
+            self._state.signal_frames = torch.tensor(frames, device=self.device)
+            finished = self._separate_frames(samples, whole)
         out = torch.cat([finished, self._tail.T])[:remaining]
         self.reset()
         return out.cpu()

@@ -123,6 +123,6 @@ class WaveformEncoder(nn.Conv1d):
                 f"kernel ({K} samples); got shape {tuple(x.shape)}, expected "
                 f"[batch, time >= {K}]"
             )
-        pad = (self.num_frames(T) - 1) * S + K - T
+        pad = (K - T) % S  # (num_frames(T) - 1) * S + K - T, for T >= K
         x = F.pad(x, (0, pad)).unsqueeze(1)  # [batch, 1, time + pad]
         return super().forward(x)

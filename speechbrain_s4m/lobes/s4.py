@@ -26,9 +26,9 @@ from torch import nn
 
 from speechbrain_s4m.lobes.pointwise import PointwiseConv1d
 from speechbrain_s4m.lobes.s4_kernel import DiagonalKernel, DPLRKernel, SSMKernel, fft_length
-from speechbrain_s4m.lobes.s4_recurrence import SSMRecurrence
+from speechbrain_s4m.lobes.s4_recurrence import MAX_CHUNK, MAX_SCAN_STEPS, ChunkScan, SSMRecurrence, real_system
 
-__all__ = ["S4", "fft_length"]
+__all__ = ["S4", "ScannedS4", "fft_length"]
 
 KERNELS = {"dplr": DPLRKernel, "diag": DiagonalKernel}
 # Parameters that lived on the layer before the kernel module was split off.
@@ -249,3 +249,57 @@ class S4(nn.Module):
     def _require_causal(self, method: str) -> None:
         if self.bidirectional:
             raise ValueError(f"S4.{method}: the recurrent mode needs a unidirectional layer (bidirectional=False)")
+
+
+class ScannedS4(nn.Module):
+    """An S4 layer whose SSM is evaluated by chunk scans (:class:`~speechbrain_s4m.
+    lobes.s4_recurrence.ChunkScan`) instead of FFT convolution: the same function, in
+    real arithmetic only, with operators fixed from the layer's discretised system. It
+    takes the layer's place where FFTs and complex numbers are not available (an ONNX
+    graph); the GELU, 1x1 conv and GLU are the layer's own. A bidirectional layer's
+    anti-causal kernel is the same scan on the time-reversed sequence.
+
+    It answers the offline interface of :class:`S4` (``forward(x, spectrum)``,
+    ``kernel_spectrum``), so that it replaces a layer inside a mask network unchanged.
+
+    Arguments
+    ---------
+    layer : S4
+        The trained layer (held, not copied).
+    chunk : int
+        Frames per chunk of the scan.
+    steps : int
+        Doubling steps of the scan: inputs of up to ``chunk * 2^steps`` frames.
+
+    Example
+    -------
+    >>> layer = S4(d_model=4, d_state=8)
+    >>> x = torch.randn(2, 4, 300)
+    >>> bool(torch.allclose(ScannedS4(layer)(x), layer(x), atol=1e-5))
+    True
+    """
+
+    def __init__(self, layer: S4, chunk: int = MAX_CHUNK, steps: int = MAX_SCAN_STEPS):
+        super().__init__()
+        self.layer = layer
+        with torch.no_grad(), _float32_region(layer.kernel.skip.device):
+            system = layer.kernel.discretize()
+            directions = 2 if layer.bidirectional else 1
+            self.scans = nn.ModuleList(ChunkScan(real_system(system, d), chunk, steps) for d in range(directions))
+
+    @property
+    def max_frames(self) -> int:
+        """The longest input the scans cover."""
+        return self.scans[0].max_frames
+
+    def kernel_spectrum(self, length: int) -> None:
+        """No spectrum: the scans need none (see :meth:`S4.kernel_spectrum`)."""
+        return None
+
+    def forward(self, x: torch.Tensor, spectrum: None = None) -> torch.Tensor:
+        """``[batch, H, L] -> [batch, H, L]``, as :meth:`S4.forward`."""
+        self.layer._check_input(x)
+        y = self.scans[0](x)
+        if len(self.scans) == 2:
+            y = y + self.scans[1](x.flip(-1)).flip(-1)
+        return self.layer._output(y, x.dtype)

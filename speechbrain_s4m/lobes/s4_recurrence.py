@@ -29,10 +29,12 @@ Authors
 from typing import Dict, List, NamedTuple, Tuple
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from speechbrain_s4m.lobes.s4_kernel import DiscreteSSM, with_conjugates
 
-__all__ = ["ChunkOperators", "RealSSM", "SSMRecurrence", "chunk_lengths", "real_system"]
+__all__ = ["ChunkOperators", "ChunkScan", "RealSSM", "SSMRecurrence", "chunk_lengths", "real_system"]
 
 MAX_CHUNK = 64  # frames per pair of matrix products (a power of two); longer inputs are split
 
@@ -58,11 +60,12 @@ class RealSSM(NamedTuple):
     feedthrough: torch.Tensor
 
 
-def real_system(system: DiscreteSSM) -> RealSSM:
-    """The causal direction of ``system`` in the basis ``x = (Re h, Im h)`` of its
-    ``N / 2`` stored states, where the full state is ``h = T x``,
-    ``T = [[I, iI], [I, -iI]]``: ``A = T^-1 A_bar T``, ``B = T^-1 B_bar``, ``C = C T``.
-    A diagonal (S4D) system is first written with its conjugate half.
+def real_system(system: DiscreteSSM, direction: int = 0) -> RealSSM:
+    """One direction of ``system`` (0, the causal one, with the ``D`` skip; 1, the
+    anti-causal kernel of a bidirectional layer, without it) in the basis
+    ``x = (Re h, Im h)`` of its ``N / 2`` stored states, where the full state is
+    ``h = T x``, ``T = [[I, iI], [I, -iI]]``: ``A = T^-1 A_bar T``, ``B = T^-1 B_bar``,
+    ``C = C T``. A diagonal (S4D) system is first written with its conjugate half.
 
     Example
     -------
@@ -73,7 +76,11 @@ def real_system(system: DiscreteSSM) -> RealSSM:
     """
     transition, input_matrix, output_matrix, feedthrough, halved = system
     transition, input_matrix = transition.detach().cdouble(), input_matrix.detach().cdouble()
-    output_matrix = output_matrix.detach().cdouble()[0]  # the causal direction
+    if not 0 <= direction < output_matrix.shape[0]:
+        raise ValueError(
+            f"real_system: the system has {output_matrix.shape[0]} direction(s), got direction {direction}"
+        )
+    output_matrix = output_matrix.detach().cdouble()[direction]
     if halved:  # diagonal: y = 2 Re(C h) = [C, conj C] [h; conj h]
         transition = torch.diag_embed(with_conjugates(transition))
         input_matrix = with_conjugates(input_matrix)
@@ -86,7 +93,7 @@ def real_system(system: DiscreteSSM) -> RealSSM:
         (T_inv @ transition @ T).real,
         (input_matrix @ T_inv.T).real,
         (output_matrix @ T).real,
-        feedthrough.detach().double(),
+        feedthrough.detach().double() * (direction == 0),
     )
 
 
@@ -221,3 +228,85 @@ class SSMRecurrence:
             y, state = self.operators(chunk.shape[-1]).apply(chunk, state)
             outputs.append(y)
         return torch.cat(outputs, -1), state
+
+
+def delayed(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """``x [..., c, N]`` delayed by ``shift`` chunks along ``c``, zeros first (any
+    ``shift``, also beyond ``c``). Pads, not slices: an exported graph then knows the
+    output length without a bound check (a negative pad trims)."""
+    return F.pad(F.pad(x, (0, 0, shift, 0)), (0, 0, 0, -shift))
+
+
+MAX_SCAN_STEPS = 16  # ChunkScan's doubling steps: sequences of up to MAX_CHUNK * 2^16 frames
+
+
+class ChunkScan(nn.Module):
+    """The causal SSM over a whole sequence of any length from the zero state, with the
+    chunk operators of :class:`ChunkOperators` applied to every chunk at once: a graph
+    of fixed operations for every length (real arithmetic, no FFT, no loop over the
+    sequence), as an exported graph needs.
+
+    The sequence is zero-padded to ``c`` chunks of ``m`` frames. Each chunk's end state
+    from the zero state is ``G u``; the state at the start of every chunk follows by a
+    parallel prefix scan of ``x_c = A^m x_(c-1) + G u_(c-1)`` in ``steps`` doubling
+    steps (step ``k`` adds ``(A^m)^(2^k)`` times the partial sums ``2^k`` chunks back),
+    and the outputs by ``[O | Toeplitz(K) + D]`` on ``[x_c; u_c]``. Every operator is
+    computed once, in float64, and kept as a float32 buffer.
+
+    Arguments
+    ---------
+    system : RealSSM
+        One direction of a discretised system (:func:`real_system`).
+    chunk : int
+        ``m``, frames per chunk.
+    steps : int
+        Doubling steps of the scan: sequences of up to ``m * 2^steps`` frames
+        (:attr:`max_frames`).
+
+    Example
+    -------
+    >>> from speechbrain_s4m.lobes.s4_kernel import DiagonalKernel
+    >>> system = DiagonalKernel(d_model=3, d_state=8, directions=1).discretize()
+    >>> scan = ChunkScan(real_system(system))
+    >>> u = torch.randn(2, 3, 150)
+    >>> y, _ = SSMRecurrence(system)(u, torch.zeros(2, 3, 8))
+    >>> scan(u).shape, bool(torch.allclose(scan(u), y, atol=1e-5))
+    (torch.Size([2, 3, 150]), True)
+    """
+
+    def __init__(self, system: RealSSM, chunk: int = MAX_CHUNK, steps: int = MAX_SCAN_STEPS):
+        super().__init__()
+        operators = ChunkOperators.build(system, chunk)
+        states = system.input_matrix.shape[1]
+        jump = torch.linalg.matrix_power(system.transition, chunk)  # A^m: [H, N, N]
+        jumps = [jump]
+        for _ in range(steps - 1):
+            jumps.append(jumps[-1] @ jumps[-1])
+        self.chunk = chunk
+        self.steps = steps
+        # Transposed, to multiply rows of frames: [x0; u]^T [O | Toeplitz(K) + D]^T and so on.
+        self.register_buffer("output", operators.output.transpose(1, 2).contiguous())  # [H, N + m, m]
+        self.register_buffer("gather", operators.state[..., states:].transpose(1, 2).contiguous())  # G^T: [H, m, N]
+        self.register_buffer("jumps", torch.stack(jumps).transpose(2, 3).float().contiguous())  # [steps, H, N, N]
+
+    @property
+    def max_frames(self) -> int:
+        """The longest sequence the scan covers."""
+        return self.chunk << self.steps
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """``u [B, H, L]`` -> the SSM output (``D`` skip included) ``[B, H, L]``."""
+        batch, channels, length = u.shape
+        chunks = (length + self.chunk - 1) // self.chunk  # c
+        m, N = self.chunk, self.gather.shape[-1]
+        u = F.pad(u.float(), (0, chunks * m - length)).view(batch, channels, chunks, m).transpose(0, 1)  # [H, B, c, m]
+        # Channel-batched matrix products (bmm) of all B * c chunks at once.
+        sums = torch.bmm(u.reshape(channels, -1, m), self.gather)  # each chunk's end state from 0: [H, B c, N]
+        sums = sums.view(channels, batch, chunks, N)
+        for step in range(self.steps):  # sums[c] = sum over the last 2^(step+1) chunks up to c
+            back = delayed(sums, 1 << step)  # sums[c - 2^step], zero before 0: [H, B, c, N]
+            sums = sums + torch.bmm(back.reshape(channels, -1, N), self.jumps[step]).view(channels, batch, chunks, N)
+        starts = delayed(sums, 1)  # x_c = the sum up to chunk c - 1
+        y = torch.bmm(torch.cat([starts, u], -1).reshape(channels, -1, N + m), self.output)  # [H, B c, m]
+        y = y.view(channels, batch, chunks * m).transpose(0, 1)  # [B, H, c m]
+        return F.pad(y, (0, length - chunks * m))  # trimmed (a negative pad) to [B, H, L]

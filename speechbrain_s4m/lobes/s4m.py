@@ -569,6 +569,8 @@ class S4MMaskNet(nn.Module):
         batch, E, L = x.shape
         padded = self.padded_length(L)
         bottleneck = self.bottleneck(self.norm(x))  # [B, bottleneck, L]
+        if stream is not None:  # a last chunk padded to whole blocks: its padding frames are zeros here
+            bottleneck = stream.zero_padding(bottleneck)
         bottleneck = F.pad(bottleneck, (0, padded - L))  # zero frames: [B, bottleneck, L']
         # Kernel spectra once for all unfolded passes (a stream runs recurrences).
         spectra = self.block.kernel_spectra(padded) if stream is None else None
@@ -578,7 +580,7 @@ class S4MMaskNet(nn.Module):
                 stream.scope = unfolded_pass  # every pass carries its own state
             block_input = bottleneck if out is None else self.fuse(bottleneck + out)
             out = self.block(block_input, spectra, stream)
-        masks = self.mask_head(out[..., :L])  # [B, spks * E, L]
+        masks = self.mask_head(F.pad(out, (0, L - padded)))  # trimmed (a negative pad) to [B, spks * E, L]
         return masks.view(batch, self.num_spks, E, L).transpose(0, 1)
 
     def start_from_uniform_masks(self, weight_scale: float = 0.1) -> None:

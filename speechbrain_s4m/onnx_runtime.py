@@ -1,0 +1,187 @@
+"""Run an exported S4M separator with numpy and onnxruntime alone (no PyTorch).
+
+:class:`OnnxStreamingSeparator` feeds ``stream_step.onnx`` (written by
+``s4m-export-onnx``) chunk by chunk, as :class:`speechbrain_s4m.streaming.
+StreamingSeparator` does with the PyTorch lobes: it buffers samples until a step's
+window is complete, carries the state tensors from one step to the next, and ends the
+stream with :meth:`~OnnxStreamingSeparator.flush`. :class:`OnnxSeparator` separates
+whole recordings with the same stream, which for a causal model is its offline
+separation.
+
+This module imports numpy and onnxruntime, and soundfile for files; of this package
+only the plain-Python :mod:`speechbrain_s4m.stream_geometry`, and not torch.
+
+Example (with a folder written by ``s4m-export-onnx``)::
+
+    from speechbrain_s4m.onnx_runtime import OnnxSeparator
+    sources = OnnxSeparator("onnx_dir").separate_file("mixture.wav")  # [time, spks]
+
+Authors
+ * speechbrain-s4m contributors
+"""
+
+import json
+import os
+from typing import List, Optional
+
+import numpy as np
+import onnxruntime as ort
+
+from speechbrain_s4m.stream_geometry import final_frames
+
+__all__ = ["OnnxSeparator", "OnnxStreamingSeparator"]
+
+METADATA = "onnx_model.json"
+
+
+def read_metadata(model_dir: str) -> dict:
+    """``onnx_model.json`` of an ``s4m-export-onnx`` folder, with a clear error when
+    the folder is not one."""
+    path = os.path.join(model_dir, METADATA)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{model_dir} is not an s4m-export-onnx folder: expected {METADATA} and stream_step.onnx there "
+            "(write them with s4m-export-onnx MODEL_DIR OUT_DIR)"
+        )
+    with open(path, encoding="utf-8") as f:
+        metadata = json.load(f)
+    missing = [key for key in ("sample_rate", "num_spks", "stream_step") if key not in metadata]
+    if missing:
+        raise ValueError(f"{path}: missing {', '.join(missing)}; expected the file s4m-export-onnx writes")
+    return metadata
+
+
+def checked_signal(signal: np.ndarray, what: str) -> np.ndarray:
+    """``signal`` as float32 ``[time]``; ``ValueError`` naming the shape expected or
+    the count of NaN / Inf samples."""
+    signal = np.asarray(signal)
+    if signal.ndim != 1:
+        raise ValueError(f"{what}: expected mono samples of shape [time], got shape {signal.shape}")
+    signal = signal.astype(np.float32, copy=False)
+    bad = int(signal.size - np.isfinite(signal).sum())
+    if bad:
+        raise ValueError(f"{what} holds {bad} non-finite (NaN or Inf) of {signal.size} samples")
+    return signal
+
+
+class OnnxStreamingSeparator:
+    """Separate a stream chunk by chunk with ``stream_step.onnx``.
+
+    Arguments
+    ---------
+    model_dir : str
+        A folder written by ``s4m-export-onnx``.
+    threads : int, optional
+        onnxruntime's intra-op threads (its default when omitted).
+
+    Attributes
+    ----------
+    sample_rate, num_spks : int
+        The model's.
+    latency_samples : int
+        Output sample ``u`` depends on input samples up to ``u + latency_samples``.
+    hop_samples : int
+        Samples per step.
+    """
+
+    def __init__(self, model_dir: str, threads: Optional[int] = None):
+        metadata = read_metadata(model_dir)
+        step = metadata["stream_step"]
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            os.path.join(model_dir, step["file"]), options, providers=["CPUExecutionProvider"]
+        )
+        self.sample_rate = int(metadata["sample_rate"])
+        self.num_spks = int(metadata["num_spks"])
+        self.frames = int(step["frames"])
+        self.hop_samples = int(step["hop_samples"])
+        self.window_samples = int(step["window_samples"])
+        self.kernel, self.stride = int(step["encoder_kernel"]), int(step["encoder_stride"])
+        self.latency_samples = int(step["latency_samples"])
+        self._state_names = [entry["name"] for entry in step["state"]]
+        self._state_shapes = [tuple(entry["shape"]) for entry in step["state"]]
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream: the next :meth:`process` starts a new signal."""
+        self._state: List[np.ndarray] = [np.zeros(shape, np.float32) for shape in self._state_shapes]
+        self._pending = np.zeros(0, np.float32)  # samples from the next step's first frame on
+        self._received = 0
+        self._emitted = 0
+        self._chunks = 0
+
+    def _step(self, window: np.ndarray, signal_frames: int) -> np.ndarray:
+        feeds = {"window": window, "signal_frames": np.array(signal_frames, dtype=np.int64)}
+        feeds.update(zip(self._state_names, self._state))
+        sources, *self._state = self.session.run(None, feeds)
+        return sources  # [hop, spks]
+
+    def process(self, chunk: np.ndarray) -> np.ndarray:
+        """Feed the next samples ``[time]``; returns the separated samples they finish,
+        ``[time_out, spks]`` (possibly none)."""
+        index, self._chunks = self._chunks, self._chunks + 1
+        chunk = checked_signal(chunk, f"OnnxStreamingSeparator: chunk {index} (counting from 0)")
+        self._received += chunk.shape[0]
+        self._pending = np.concatenate([self._pending, chunk])
+        finished = []
+        while self._pending.shape[0] >= self.window_samples:
+            finished.append(self._step(self._pending[: self.window_samples], self.frames))
+            self._pending = self._pending[self.hop_samples :]
+        out = np.concatenate(finished) if finished else np.zeros((0, self.num_spks), np.float32)
+        self._emitted += out.shape[0]
+        return out
+
+    def flush(self) -> np.ndarray:
+        """End the stream: separate what is buffered (the last frames zero-padded, as
+        offline) and return the remaining samples, so that the output has the input's
+        length. The separator is then reset."""
+        pending, remaining = self._pending.shape[0], self._received - self._emitted
+        frames = final_frames(self._received, pending, self.kernel, self.stride)
+        finished = np.zeros((0, self.num_spks), np.float32)
+        if frames > 0:
+            window = np.concatenate([self._pending, np.zeros(self.window_samples - pending, np.float32)])
+            finished = self._step(window, frames)
+        out = np.concatenate([finished, self._state[0].T])[:remaining]  # state[0]: the decoder's tail
+        self.reset()
+        return out
+
+
+class OnnxSeparator:
+    """Separate whole recordings with an exported model: a fresh stream per recording,
+    which for a causal model is its offline separation.
+
+    Arguments
+    ---------
+    model_dir : str
+        A folder written by ``s4m-export-onnx``.
+    threads : int, optional
+        onnxruntime's intra-op threads.
+    """
+
+    def __init__(self, model_dir: str, threads: Optional[int] = None):
+        self.stream = OnnxStreamingSeparator(model_dir, threads)
+        self.sample_rate = self.stream.sample_rate
+        self.num_spks = self.stream.num_spks
+
+    def separate(self, mix: np.ndarray) -> np.ndarray:
+        """``mix [time]`` at :attr:`sample_rate` -> sources ``[time, spks]``."""
+        mix = checked_signal(mix, "OnnxSeparator: the mixture")
+        self.stream.reset()
+        return np.concatenate([self.stream.process(mix), self.stream.flush()])
+
+    def separate_file(self, path: str) -> np.ndarray:
+        """Read ``path`` (mono, or averaged to mono) and separate it."""
+        import soundfile as sf
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Audio file not found: {path}")
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        if rate != self.sample_rate:
+            raise ValueError(f"{path}: {rate} Hz, expected the model's {self.sample_rate} Hz")
+        mix = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+        try:
+            return self.separate(mix)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from error
