@@ -104,6 +104,11 @@ class OnnxStreamingSeparator:
         self._state_shapes = [tuple(entry["shape"]) for entry in step["state"]]
         self.reset()
 
+    @property
+    def latency_seconds(self) -> float:
+        """:attr:`latency_samples` in seconds."""
+        return self.latency_samples / self.sample_rate
+
     def reset(self) -> None:
         """Forget the stream: the next :meth:`process` starts a new signal."""
         self._state: List[np.ndarray] = [np.zeros(shape, np.float32) for shape in self._state_shapes]

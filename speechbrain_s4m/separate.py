@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import soundfile as sf
 
@@ -27,6 +27,9 @@ from speechbrain_s4m.html_report import (
 from speechbrain_s4m.long_audio import LongAudioSeparator
 from speechbrain_s4m.resources import keep_freed_memory
 from speechbrain_s4m.streaming import StreamingSeparator, stream_file
+
+if TYPE_CHECKING:
+    from speechbrain_s4m.onnx_runtime import OnnxStreamingSeparator
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
@@ -90,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stream each file through a causal model (hparams/*_causal.yaml) chunk by chunk, in constant "
         "memory, as a real-time separator would; prints the algorithmic latency and the real-time factor. "
         "Inputs must be at the model's sample rate",
+    )
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="--model is an s4m-export-onnx folder: stream each file through its stream_step.onnx with "
+        "onnxruntime (implies --stream)",
     )
     parser.add_argument(
         "--chunk-ms", type=float, default=16.0, help="with --stream: milliseconds of audio per chunk (default 16)"
@@ -160,7 +169,9 @@ def show_progress(quiet: bool, stream=None) -> bool:
     return not quiet and hasattr(stream, "isatty") and stream.isatty()
 
 
-def _stream_one(separator: StreamingSeparator, path: str, outputs: List[str], args: argparse.Namespace) -> bool:
+def _stream_one(
+    separator: "StreamingSeparator | OnnxStreamingSeparator", path: str, outputs: List[str], args: argparse.Namespace
+) -> bool:
     """Stream one file; print its summary line (or its error line) and say whether it
     was separated."""
     chunk = max(1, int(round(args.chunk_ms * separator.sample_rate / 1000)))
@@ -186,6 +197,7 @@ def _stream_one(separator: StreamingSeparator, path: str, outputs: List[str], ar
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``s4m-separate``; returns the exit status."""
     args = build_parser().parse_args(argv)
+    args.stream = args.stream or args.onnx
     # Long chunks make activations over 32 MiB, which glibc would return to the OS
     # and fault back in on every use (super-linear time); keep them for reuse.
     keep_freed_memory()
@@ -197,7 +209,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.chunk_ms <= 0:
         return usage_error("s4m-separate", f"--chunk-ms must be positive, got {args.chunk_ms:g}")
     try:
-        if args.stream:
+        if args.onnx:
+            from speechbrain_s4m.onnx_runtime import OnnxStreamingSeparator
+
+            separator = OnnxStreamingSeparator(args.model)
+        elif args.stream:
             separator = StreamingSeparator.from_folder(args.model, device=args.device)
         else:
             separator = LongAudioSeparator.from_folder(

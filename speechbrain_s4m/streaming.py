@@ -20,7 +20,7 @@ Authors
 import os
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from speechbrain_s4m.lobes.stream_state import StreamState
 from speechbrain_s4m.resources import current_rss_bytes
 from speechbrain_s4m.separator import EncoderMaskerDecoder, first_layer
 from speechbrain_s4m.stream_geometry import final_frames
+
+if TYPE_CHECKING:
+    from speechbrain_s4m.onnx_runtime import OnnxStreamingSeparator
 
 __all__ = ["StreamingSeparator", "StreamReport", "stream_file"]
 
@@ -237,7 +240,7 @@ def _rss_mib() -> float:
 
 
 def stream_file(
-    separator: StreamingSeparator,
+    separator: "StreamingSeparator | OnnxStreamingSeparator",
     path: str,
     outputs: Sequence[str],
     chunk_samples: int,
@@ -273,7 +276,7 @@ def stream_file(
         peaks = np.zeros(len(outputs))
 
         def write(separated: torch.Tensor) -> None:
-            block = separated.numpy()
+            block = np.asarray(separated)  # a CPU tensor, or numpy from OnnxStreamingSeparator
             if block.shape[0]:
                 peaks[:] = np.maximum(peaks, np.abs(block).max(axis=0))
                 for s, writer in enumerate(writers):
