@@ -43,6 +43,7 @@ from torch import nn
 from speechbrain_s4m.cli import command_parser, usage_error
 from speechbrain_s4m.data.audio import read_audio
 from speechbrain_s4m.lobes.stream_state import StreamState
+from speechbrain_s4m.metrics import si_snr
 from speechbrain_s4m.streaming import StreamingSeparator
 
 OPSET = 18
@@ -122,14 +123,6 @@ class StreamStep(nn.Module):
         return (sources, self.streaming._tail, *[carried._tensors[k] for k in self._keys])
 
 
-def si_snr_db(estimate: np.ndarray, target: np.ndarray) -> float:
-    """Scale-invariant SNR of ``estimate`` against ``target`` (1-D), in dB."""
-    estimate, target = estimate - estimate.mean(), target - target.mean()
-    projection = (estimate @ target) / max(target @ target, 1e-12) * target
-    noise = estimate - projection
-    return float(10 * np.log10(max(projection @ projection, 1e-12) / max(noise @ noise, 1e-12)))
-
-
 def compare(onnx_out: np.ndarray, torch_out: np.ndarray) -> Dict[str, float]:
     """The parity figures of two separations ``[time, spks]``: the largest difference
     over the peak, and the lowest SI-SNR (dB) of an ONNX source with its PyTorch
@@ -137,7 +130,7 @@ def compare(onnx_out: np.ndarray, torch_out: np.ndarray) -> Dict[str, float]:
     if onnx_out.shape != torch_out.shape:
         raise ValueError(f"parity: ONNX output {onnx_out.shape} against PyTorch output {torch_out.shape}")
     peak = float(np.abs(torch_out).max()) or 1.0
-    worst = min(si_snr_db(onnx_out[:, c], torch_out[:, c]) for c in range(torch_out.shape[1]))
+    worst = float(si_snr(torch.from_numpy(onnx_out)[None], torch.from_numpy(torch_out)[None]).min())
     return {"max_difference_over_peak": float(np.abs(onnx_out - torch_out).max()) / peak, "min_si_snr_db": worst}
 
 
