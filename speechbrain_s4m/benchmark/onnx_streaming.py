@@ -39,6 +39,8 @@ def compare_step(
 ) -> Dict[str, float]:
     """Median and 99th-percentile milliseconds per step of onnxruntime and PyTorch."""
     previous = torch.get_num_threads()
+    if threads == previous:  # changing torch's pool back and forth can hang later parallel work
+        return _compare_step(name, chunk_ms, steps, threads, overrides)
     torch.set_num_threads(threads)
     try:
         return _compare_step(name, chunk_ms, steps, threads, overrides)
