@@ -151,6 +151,8 @@ class LongAudioSeparator:
         anything with ``mods.encoder``, ``mods.masknet``, ``mods.decoder``, ``device``
         and ``hparams.sample_rate`` works. Chunks go through
         :class:`~speechbrain_s4m.separator.EncoderMaskerDecoder` over those modules.
+        An :class:`~speechbrain_s4m.onnx_runtime.OnnxSeparator` works too
+        (:meth:`from_onnx`): chunks then go through its ``separator.onnx``.
     chunk_seconds : float
         Chunk length; recordings up to this long are separated in one pass.
     overlap_seconds : float
@@ -176,7 +178,15 @@ class LongAudioSeparator:
 
     def __init__(self, separator, chunk_seconds: float = 10.0, overlap_seconds: float = 2.0):
         self.separator = separator
-        self.sample_rate = int(separator.hparams.sample_rate)
+        if hasattr(separator, "mods"):  # SpeechBrain's
+            mods = separator.mods
+            self.sample_rate, self.num_spks = int(separator.hparams.sample_rate), int(separator.hparams.num_spks)
+            self.model = EncoderMaskerDecoder(mods.encoder, mods.masknet, mods.decoder).eval()
+            self.device, self.min_samples = torch.device(separator.device), encoder_kernel_size(mods.encoder)
+        else:  # an OnnxSeparator: numpy in and out, on the CPU
+            self.sample_rate, self.num_spks = separator.sample_rate, separator.num_spks
+            self.model = lambda chunk: torch.from_numpy(separator.separate_batch(chunk.numpy()))
+            self.device, self.min_samples = torch.device("cpu"), separator.min_samples
         self.chunk_samples = int(round(chunk_seconds * self.sample_rate))
         self.overlap_samples = int(round(overlap_seconds * self.sample_rate))
         if not 0 < self.overlap_samples < self.chunk_samples:
@@ -184,11 +194,6 @@ class LongAudioSeparator:
                 f"LongAudioSeparator: expected 0 < overlap_seconds < chunk_seconds, got "
                 f"overlap_seconds={overlap_seconds}, chunk_seconds={chunk_seconds}"
             )
-        mods = separator.mods
-        self.model = EncoderMaskerDecoder(mods.encoder, mods.masknet, mods.decoder).eval()
-        self.device = torch.device(separator.device)
-        self.min_samples = encoder_kernel_size(mods.encoder)
-        self.num_spks = int(separator.hparams.num_spks)
 
     @classmethod
     def from_folder(
@@ -199,6 +204,15 @@ class LongAudioSeparator:
 
         separator = load_exported(model_dir, savedir=savedir, device=device)
         return cls(separator, **kwargs)
+
+    @classmethod
+    def from_onnx(cls, onnx_dir: str, threads: Optional[int] = None, **kwargs) -> "LongAudioSeparator":
+        """Separate with the ``separator.onnx`` of an ``s4m-export-onnx`` folder through
+        onnxruntime (:class:`~speechbrain_s4m.onnx_runtime.OnnxSeparator`), in the
+        same chunks."""
+        from speechbrain_s4m.onnx_runtime import OnnxSeparator
+
+        return cls(OnnxSeparator(onnx_dir, threads), **kwargs)
 
     def separate_tensor(self, mix: torch.Tensor, progress: Optional[Progress] = None) -> torch.Tensor:
         """``[time]`` (or ``[1, time]``) at the model's sample rate -> ``[time, spks]``;

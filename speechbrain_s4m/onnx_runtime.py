@@ -1,15 +1,16 @@
 """Run an exported S4M separator with numpy and onnxruntime alone (no PyTorch).
 
-:class:`OnnxStreamingSeparator` feeds ``stream_step.onnx`` (written by
-``s4m-export-onnx``) chunk by chunk, as :class:`speechbrain_s4m.streaming.
-StreamingSeparator` does with the PyTorch lobes: it buffers samples until a step's
-window is complete, carries the state tensors from one step to the next, and ends the
-stream with :meth:`~OnnxStreamingSeparator.flush`. :class:`OnnxSeparator` separates
-whole recordings with the same stream, which for a causal model is its offline
-separation.
+:class:`OnnxSeparator` separates whole recordings, or batches of equal-length ones,
+with ``separator.onnx`` (written by ``s4m-export-onnx``): it pads each mixture to whole
+blocks of encoder frames, as the offline model does, and trims the sources back.
+:class:`OnnxStreamingSeparator` feeds ``stream_step.onnx`` (causal models) chunk by
+chunk, as :class:`speechbrain_s4m.streaming.StreamingSeparator` does with the PyTorch
+lobes: it buffers samples until a step's window is complete, carries the state tensors
+from one step to the next, and ends the stream with
+:meth:`~OnnxStreamingSeparator.flush`.
 
 This module imports numpy and onnxruntime, and soundfile for files; of this package
-only the plain-Python :mod:`speechbrain_s4m.stream_geometry`, and not torch.
+only the plain-Python :mod:`speechbrain_s4m.frame_geometry`, and not torch.
 
 Example (with a folder written by ``s4m-export-onnx``)::
 
@@ -27,36 +28,53 @@ from typing import List, Optional
 import numpy as np
 import onnxruntime as ort
 
-from speechbrain_s4m.stream_geometry import final_frames
+from speechbrain_s4m.frame_geometry import encoder_frames, final_frames, whole_blocks
 
 __all__ = ["OnnxSeparator", "OnnxStreamingSeparator"]
 
 METADATA = "onnx_model.json"
 
 
-def read_metadata(model_dir: str) -> dict:
-    """``onnx_model.json`` of an ``s4m-export-onnx`` folder, with a clear error when
-    the folder is not one."""
+def read_metadata(model_dir: str, graph: str) -> dict:
+    """``onnx_model.json`` of an ``s4m-export-onnx`` folder and its section for
+    ``graph`` (``"separator"`` or ``"stream_step"``), with a clear error when the
+    folder is not one or lacks that graph."""
     path = os.path.join(model_dir, METADATA)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"{model_dir} is not an s4m-export-onnx folder: expected {METADATA} and stream_step.onnx there "
+            f"{model_dir} is not an s4m-export-onnx folder: expected {METADATA} and {graph}.onnx there "
             "(write them with s4m-export-onnx MODEL_DIR OUT_DIR)"
         )
     with open(path, encoding="utf-8") as f:
         metadata = json.load(f)
-    missing = [key for key in ("sample_rate", "num_spks", "stream_step") if key not in metadata]
+    missing = [key for key in ("sample_rate", "num_spks") if key not in metadata]
     if missing:
         raise ValueError(f"{path}: missing {', '.join(missing)}; expected the file s4m-export-onnx writes")
+    if graph not in metadata:
+        why = {
+            "stream_step": "stream_step.onnx is exported for causal models only (hparams/*_causal.yaml)",
+            "separator": "export the model again with s4m-export-onnx --force to add separator.onnx",
+        }[graph]
+        raise ValueError(f"{model_dir} holds no {graph}.onnx: {why}")
     return metadata
 
 
-def checked_signal(signal: np.ndarray, what: str) -> np.ndarray:
-    """``signal`` as float32 ``[time]``; ``ValueError`` naming the shape expected or
-    the count of NaN / Inf samples."""
+def inference_session(model_dir: str, file: str, threads: Optional[int]) -> ort.InferenceSession:
+    """An onnxruntime CPU session on ``model_dir/file``, with ``threads`` intra-op
+    threads (onnxruntime's default when None)."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(os.path.join(model_dir, file), options, providers=["CPUExecutionProvider"])
+
+
+def checked_signal(signal: np.ndarray, what: str, shape: str = "[time]") -> np.ndarray:
+    """``signal`` as float32 of the rank ``shape`` names (``"[time]"`` or ``"[batch,
+    time]"``); ``ValueError`` naming the shape expected or the count of NaN / Inf
+    samples."""
     signal = np.asarray(signal)
-    if signal.ndim != 1:
-        raise ValueError(f"{what}: expected mono samples of shape [time], got shape {signal.shape}")
+    if signal.ndim != shape.count(",") + 1:
+        raise ValueError(f"{what}: expected mono samples of shape {shape}, got shape {signal.shape}")
     signal = signal.astype(np.float32, copy=False)
     bad = int(signal.size - np.isfinite(signal).sum())
     if bad:
@@ -85,14 +103,9 @@ class OnnxStreamingSeparator:
     """
 
     def __init__(self, model_dir: str, threads: Optional[int] = None):
-        metadata = read_metadata(model_dir)
+        metadata = read_metadata(model_dir, "stream_step")
         step = metadata["stream_step"]
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(
-            os.path.join(model_dir, step["file"]), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = inference_session(model_dir, step["file"], threads)
         self.sample_rate = int(metadata["sample_rate"])
         self.num_spks = int(metadata["num_spks"])
         self.frames = int(step["frames"])
@@ -154,27 +167,58 @@ class OnnxStreamingSeparator:
 
 
 class OnnxSeparator:
-    """Separate whole recordings with an exported model: a fresh stream per recording,
-    which for a causal model is its offline separation.
+    """Separate whole recordings with ``separator.onnx``.
 
     Arguments
     ---------
     model_dir : str
         A folder written by ``s4m-export-onnx``.
     threads : int, optional
-        onnxruntime's intra-op threads.
+        onnxruntime's intra-op threads (its default when omitted).
+
+    Attributes
+    ----------
+    sample_rate, num_spks : int
+        The model's.
+    min_samples : int
+        The shortest mixture: one encoder kernel.
+    max_samples : int
+        The longest mixture the graph's S4 scans cover.
     """
 
     def __init__(self, model_dir: str, threads: Optional[int] = None):
-        self.stream = OnnxStreamingSeparator(model_dir, threads)
-        self.sample_rate = self.stream.sample_rate
-        self.num_spks = self.stream.num_spks
+        metadata = read_metadata(model_dir, "separator")
+        graph = metadata["separator"]
+        self.session = inference_session(model_dir, graph["file"], threads)
+        self.sample_rate = int(metadata["sample_rate"])
+        self.num_spks = int(metadata["num_spks"])
+        self.kernel, self.stride = int(graph["encoder_kernel"]), int(graph["encoder_stride"])
+        self.block_frames = int(graph["block_frames"])
+        self.min_samples = self.kernel
+        self.max_samples = (int(graph["max_frames"]) - 1) * self.stride + self.kernel
+
+    def separate_batch(self, mix: np.ndarray) -> np.ndarray:
+        """``mix [batch, time]`` at :attr:`sample_rate` -> sources ``[batch, time, spks]``."""
+        mix = checked_signal(mix, "OnnxSeparator: the mixture", "[batch, time]")
+        batch, samples = mix.shape
+        if not self.min_samples <= samples <= self.max_samples:
+            raise ValueError(
+                f"OnnxSeparator: a mixture of {samples} samples; expected [batch, time] with "
+                f"{self.min_samples} <= time <= {self.max_samples} (one encoder kernel, and the longest "
+                f"signal the graph's S4 scans cover, {self.max_samples / self.sample_rate / 3600:.1f} h); "
+                "separate longer recordings in chunks (s4m-separate --onnx)"
+            )
+        frames = encoder_frames(samples, self.kernel, self.stride)
+        padded = np.zeros(
+            (batch, (whole_blocks(frames, self.block_frames) - 1) * self.stride + self.kernel), np.float32
+        )
+        padded[:, :samples] = mix  # whole blocks of frames, zeros after the signal
+        feeds = {"mixture": padded, "signal_frames": np.array(frames, dtype=np.int64)}
+        return self.session.run(None, feeds)[0][:, :samples]
 
     def separate(self, mix: np.ndarray) -> np.ndarray:
         """``mix [time]`` at :attr:`sample_rate` -> sources ``[time, spks]``."""
-        mix = checked_signal(mix, "OnnxSeparator: the mixture")
-        self.stream.reset()
-        return np.concatenate([self.stream.process(mix), self.stream.flush()])
+        return self.separate_batch(checked_signal(mix, "OnnxSeparator: the mixture")[None])[0]
 
     def separate_file(self, path: str) -> np.ndarray:
         """Read ``path`` (mono, or averaged to mono) and separate it."""

@@ -1,7 +1,9 @@
 """``s4m-separate``: separate the speakers of recordings of any length with an
 exported model, in bounded memory (:class:`~speechbrain_s4m.long_audio.LongAudioSeparator`),
 or with ``--stream`` as a stream through a causal model, chunk by chunk in constant
-memory (:class:`~speechbrain_s4m.streaming.StreamingSeparator`).
+memory (:class:`~speechbrain_s4m.streaming.StreamingSeparator`). With ``--onnx`` the
+model is an ``s4m-export-onnx`` folder, run by onnxruntime: ``separator.onnx`` in the
+same chunks, or ``stream_step.onnx`` with ``--stream``.
 
 Authors
  * speechbrain-s4m contributors
@@ -97,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--onnx",
         action="store_true",
-        help="--model is an s4m-export-onnx folder: stream each file through its stream_step.onnx with "
-        "onnxruntime (implies --stream)",
+        help="--model is an s4m-export-onnx folder, run by onnxruntime: each file goes through its "
+        "separator.onnx in chunks as without --onnx, or with --stream through its stream_step.onnx",
     )
     parser.add_argument(
         "--chunk-ms", type=float, default=16.0, help="with --stream: milliseconds of audio per chunk (default 16)"
@@ -197,7 +199,6 @@ def _stream_one(
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``s4m-separate``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    args.stream = args.stream or args.onnx
     # Long chunks make activations over 32 MiB, which glibc would return to the OS
     # and fault back in on every use (super-linear time); keep them for reuse.
     keep_freed_memory()
@@ -209,19 +210,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.chunk_ms <= 0:
         return usage_error("s4m-separate", f"--chunk-ms must be positive, got {args.chunk_ms:g}")
     try:
-        if args.onnx:
+        chunks = {"chunk_seconds": args.chunk_seconds, "overlap_seconds": args.overlap_seconds}
+        if args.onnx and args.stream:
             from speechbrain_s4m.onnx_runtime import OnnxStreamingSeparator
 
             separator = OnnxStreamingSeparator(args.model)
+        elif args.onnx:
+            separator = LongAudioSeparator.from_onnx(args.model, **chunks)
         elif args.stream:
             separator = StreamingSeparator.from_folder(args.model, device=args.device)
         else:
-            separator = LongAudioSeparator.from_folder(
-                args.model,
-                device=args.device,
-                chunk_seconds=args.chunk_seconds,
-                overlap_seconds=args.overlap_seconds,
-            )
+            separator = LongAudioSeparator.from_folder(args.model, device=args.device, **chunks)
     except (FileNotFoundError, ValueError) as error:
         return usage_error("s4m-separate", error)
     num_spks = separator.num_spks

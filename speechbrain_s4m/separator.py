@@ -106,9 +106,10 @@ class EncoderMaskerDecoder(nn.Module):
             raise ValueError(f"EncoderMaskerDecoder: expected a mixture [batch, time], got {tuple(mix.shape)}")
         return self.encoder(mix)
 
-    def forward_masker(self, mix_w: torch.Tensor) -> torch.Tensor:
-        """``[B, E, L] -> [C, B, E, L]``."""
-        masks = self.masknet(mix_w)
+    def forward_masker(self, mix_w: torch.Tensor, **masknet_options) -> torch.Tensor:
+        """``[B, E, L] -> [C, B, E, L]``; ``masknet_options`` go to the mask net (a
+        causal S4M's ``stream``, S4M's ``signal_frames``)."""
+        masks = self.masknet(mix_w, **masknet_options)
         if masks.dim() != 4 or masks.shape[1:] != mix_w.shape:
             raise ValueError(
                 f"EncoderMaskerDecoder: the mask net returned {tuple(masks.shape)} for an "
@@ -127,9 +128,13 @@ class EncoderMaskerDecoder(nn.Module):
         waveforms = self.decoder(masked.reshape(C * B, E, L))  # [C * B, T']
         return waveforms.reshape(C, B, -1).permute(1, 2, 0)  # SpeechBrain squeezes N = 1
 
+    def separate_frames(self, mix: torch.Tensor, **masknet_options) -> torch.Tensor:
+        """Steps 1 to 4: ``[B, T] -> [B, T', C]``, every frame decoded, not yet fitted
+        to ``T`` (a stream overlap-adds its chunks; an exported graph's runner trims)."""
+        mix_w = self.forward_encoder(mix)  # [B, E, L]
+        masks = self.forward_masker(mix_w, **masknet_options)  # [C, B, E, L]
+        return self.forward_decoder(self.apply_masks(mix_w, masks))  # [B, T', C]
+
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         """``[B, T] -> [B, T, C]``."""
-        mix_w = self.forward_encoder(mix)  # [B, E, L]
-        masks = self.forward_masker(mix_w)  # [C, B, E, L]
-        estimates = self.forward_decoder(self.apply_masks(mix_w, masks))  # [B, T', C]
-        return fit_length(estimates, mix.shape[-1])
+        return fit_length(self.separate_frames(mix), mix.shape[-1])

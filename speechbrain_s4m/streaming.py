@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from speechbrain_s4m.data.audio import audio_info, non_finite_count
+from speechbrain_s4m.frame_geometry import final_frames, whole_blocks
 from speechbrain_s4m.lobes.stream_state import StreamState
 from speechbrain_s4m.resources import current_rss_bytes
 from speechbrain_s4m.separator import EncoderMaskerDecoder, first_layer
-from speechbrain_s4m.stream_geometry import final_frames
 
 if TYPE_CHECKING:
     from speechbrain_s4m.onnx_runtime import OnnxStreamingSeparator
@@ -153,13 +153,15 @@ class StreamingSeparator:
             )
         return chunk
 
-    def _separate_frames(self, samples: torch.Tensor, frames: int) -> torch.Tensor:
+    def _separate_frames(
+        self, samples: torch.Tensor, frames: int, signal_frames: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Encode ``frames`` frames from ``samples`` (exactly ``(frames - 1) S + K``),
         mask them with the carried state, decode and overlap-add: the finished
-        samples ``[frames * S, C]``; the rest stays in the tail."""
-        mix_w = self._state.zero_padding(self.model.forward_encoder(samples[None]))  # [1, E, frames]
-        masks = self.model.masknet(mix_w, self._state)  # [C, 1, E, frames]
-        waveforms = self.model.forward_decoder(self.model.apply_masks(mix_w, masks))[0].T  # [C, (frames-1) S + K]
+        samples ``[frames * S, C]``; the rest stays in the tail. In the last chunk,
+        the frames from ``signal_frames`` on are padding (their masks are zero)."""
+        separated = self.model.separate_frames(samples[None], stream=self._state, signal_frames=signal_frames)
+        waveforms = separated[0].T  # [C, (frames - 1) S + K]
         waveforms[:, : self.kernel - self.stride] += self._tail
         done = frames * self.stride
         self._tail = waveforms[:, done:].clone()
@@ -194,11 +196,10 @@ class StreamingSeparator:
         frames = final_frames(self._received, pending, self.kernel, self.stride)
         finished = self._tail.T.new_zeros(0, self.num_spks)
         if frames:  # whole blocks, the frames after the signal's zeroed
-            whole = -(-frames // self.block_frames) * self.block_frames
+            whole = whole_blocks(frames, self.block_frames)
             needed = (whole - 1) * self.stride + self.kernel
             samples = torch.cat([self._pending, self._pending.new_zeros(needed - pending)])
-            self._state.signal_frames = torch.tensor(frames, device=self.device)
-            finished = self._separate_frames(samples, whole)
+            finished = self._separate_frames(samples, whole, torch.tensor(frames, device=self.device))
         out = torch.cat([finished, self._tail.T])[:remaining]
         self.reset()
         return out.cpu()

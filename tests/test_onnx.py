@@ -1,5 +1,6 @@
-"""ONNX export of a causal model's stream step (s4m-export-onnx) and its numpy /
-onnxruntime runner, and the real-arithmetic chunk scan of the S4 layers."""
+"""ONNX export (s4m-export-onnx) of S4M models, offline (separator.onnx) and, for causal
+ones, as a stream step (stream_step.onnx); their numpy / onnxruntime runners; and the
+real-arithmetic chunk scan of the S4 layers."""
 
 import json
 import os
@@ -16,7 +17,7 @@ from speechbrain_s4m.lobes import S4MMaskNet, WaveformEncoder
 from speechbrain_s4m.lobes.s4 import S4, ScannedS4
 from speechbrain_s4m.lobes.s4_kernel import DiagonalKernel, DPLRKernel
 from speechbrain_s4m.lobes.s4_recurrence import ChunkScan, SSMRecurrence, real_system
-from speechbrain_s4m.onnx_export import export_stream_step
+from speechbrain_s4m.onnx_export import SeparatorGraph, export_graphs, export_stream_step
 from speechbrain_s4m.onnx_runtime import OnnxSeparator, OnnxStreamingSeparator
 from speechbrain_s4m.separator import EncoderMaskerDecoder
 from speechbrain_s4m.streaming import StreamingSeparator
@@ -61,57 +62,118 @@ def test_real_system_names_a_missing_direction():
         real_system(system, direction=1)
 
 
-# ------------------------------------------------------- the stream step, exported
-def _random_stream(num_blocks=2, hidden=32):
+# ------------------------------------------------------------- the exported graphs
+def _random_lobes(num_blocks=2, hidden=16, causal=True, decoder_s4=True):
     torch.manual_seed(1)
     lobes = (
         WaveformEncoder(32),
-        S4MMaskNet(17, hidden_channels=hidden, num_blocks=num_blocks, decoder_s4=True, causal=True),
+        S4MMaskNet(17, hidden_channels=hidden, num_blocks=num_blocks, decoder_s4=decoder_s4, causal=causal),
         Decoder(17, 1, 32, stride=8, bias=False),
     )
     for lobe in lobes:
         lobe.eval()
+    return lobes
+
+
+def _random_stream(num_blocks=2, hidden=16):
+    lobes = _random_lobes(num_blocks, hidden)
     return lobes, StreamingSeparator(*lobes, sample_rate=8000)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    lobes, stream = _random_stream()
+    """Both graphs of a causal S4M (decoder S4 layers), one unfolded pass to keep the
+    export short (the trained recipe model of test_streaming_recipe has two)."""
+    lobes, stream = _random_stream(num_blocks=1)
     out = tmp_path_factory.mktemp("onnx") / "graphs"
-    figures = export_stream_step(stream, str(out))
+    figures = export_graphs(EncoderMaskerDecoder(*lobes), 8000, str(out))
     return lobes, stream, str(out), figures
 
 
+def _assert_real_valued(path):
+    import onnx
+
+    graph = onnx.load(path)
+    complex_types = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
+    assert not any(v.type.tensor_type.elem_type in complex_types for v in graph.graph.value_info)
+    assert not {node.op_type for node in graph.graph.node} & {"DFT", "STFT"}
+    return graph
+
+
 @pytest.mark.slow
-def test_export_writes_the_graph_and_its_metadata(exported):
+def test_export_writes_both_graphs_and_their_metadata(exported):
     _, stream, out, figures = exported
-    assert sorted(os.listdir(out)) == ["onnx_model.json", "stream_step.onnx"]
+    assert sorted(os.listdir(out)) == ["onnx_model.json", "separator.onnx", "stream_step.onnx"]
     metadata = json.load(open(os.path.join(out, "onnx_model.json")))
+    assert metadata["sample_rate"] == 8000 and metadata["num_spks"] == 2 and metadata["opset"] == 18
     step = metadata["stream_step"]
-    assert metadata["sample_rate"] == 8000 and metadata["num_spks"] == 2
     assert step["hop_samples"] == 128 and step["window_samples"] == 128 + 32 - 8  # 16 ms: 2 blocks
     assert stream.latency_samples == 87  # one block
     assert step["latency_samples"] == (16 - 1) * 8 + 32 - 1  # a step's window of 16 frames
     assert step["state"][0] == {"name": "state.decoder_tail", "shape": [2, 24]}
-    assert figures["max_difference_over_peak"] < 1e-4 and figures["min_si_snr_db"] > 80
-    import onnx
-
-    graph = onnx.load(os.path.join(out, "stream_step.onnx"))
-    complex_types = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
-    assert not any(v.type.tensor_type.elem_type in complex_types for v in graph.graph.value_info)
-    assert not {node.op_type for node in graph.graph.node} & {"DFT", "STFT"}
+    separator = metadata["separator"]
+    assert separator["inputs"] == ["mixture", "signal_frames"] and separator["block_frames"] == 8
+    assert separator["max_frames"] == 64 * 2**16  # S4M: a decoder S4 layer at the finest scale
+    for graph in ("separator", "stream_step"):
+        assert metadata[graph]["parity"] == figures[graph]
+        assert figures[graph]["max_difference_over_peak"] < 1e-4 and figures[graph]["min_si_snr_db"] > 80
+    _assert_real_valued(os.path.join(out, "stream_step.onnx"))
+    graph = _assert_real_valued(os.path.join(out, "separator.onnx"))
+    mixture = graph.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param != "" for d in mixture] == [True, True]  # dynamic batch and time
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("length", [32, 33, 100, 1000, 8000, 12345])
-def test_onnx_separation_equals_the_offline_causal_forward(exported, length):
+def test_onnx_separation_equals_the_offline_forward(exported, length):
+    """separator.onnx for any length (padded to whole blocks by its runner), and the
+    stream graph over the whole signal, equal PyTorch's offline causal forward."""
     lobes, _, out, _ = exported
     mix = torch.randn(length)
     with torch.no_grad():
         offline = EncoderMaskerDecoder(*lobes)(mix[None])[0].numpy()
-    got = OnnxSeparator(out).separate(mix.numpy())
-    assert got.shape == offline.shape
+    stream = OnnxStreamingSeparator(out)
+    separated = {
+        "separator.onnx": OnnxSeparator(out).separate(mix.numpy()),
+        "stream_step.onnx": np.concatenate([stream.process(mix.numpy()), stream.flush()]),
+    }
+    for graph, got in separated.items():
+        assert got.shape == offline.shape, graph
+        assert np.abs(got - offline).max() <= 1e-4 * np.abs(offline).max(), graph
+
+
+@pytest.mark.slow
+def test_the_separator_graph_takes_any_batch(exported):
+    lobes, _, out, _ = exported
+    mix = torch.randn(3, 4321)
+    with torch.no_grad():
+        offline = EncoderMaskerDecoder(*lobes)(mix).numpy()
+    got = OnnxSeparator(out).separate_batch(mix.numpy())
+    assert got.shape == offline.shape == (3, 4321, 2)
     assert np.abs(got - offline).max() <= 1e-4 * np.abs(offline).max()
+
+
+@pytest.mark.slow
+def test_a_non_causal_model_exports_the_separator_alone(tmp_path):
+    lobes = _random_lobes(num_blocks=1, hidden=8, causal=False, decoder_s4=False)  # S4M-tiny
+    model = EncoderMaskerDecoder(*lobes)
+    out = tmp_path / "graphs"
+    figures = export_graphs(model, 8000, str(out))
+    assert sorted(figures) == ["separator"] and figures["separator"]["min_si_snr_db"] > 80
+    assert sorted(os.listdir(out)) == ["onnx_model.json", "separator.onnx"]
+    assert json.load(open(out / "onnx_model.json"))["separator"]["max_frames"] == 8 * 64 * 2**16  # S4 at 1/8
+    mix = torch.randn(2, 5000)
+    with torch.no_grad():
+        offline = model(mix).numpy()
+    assert np.abs(OnnxSeparator(str(out)).separate_batch(mix.numpy()) - offline).max() < 1e-4 * np.abs(offline).max()
+    with pytest.raises(ValueError, match="stream_step.onnx is exported for causal models only"):
+        OnnxStreamingSeparator(str(out))
+
+
+def test_the_separator_graph_names_the_mask_networks_it_exports():
+    encoder, _, decoder = _random_lobes(num_blocks=1, hidden=8)
+    with pytest.raises(ValueError, match="exports S4M and S4M-tiny mask networks .* got Identity"):
+        SeparatorGraph(EncoderMaskerDecoder(encoder, torch.nn.Identity(), decoder))
 
 
 @pytest.mark.slow
@@ -147,8 +209,13 @@ def test_runner_refuses_bad_input_and_continues(exported):
     good = np.random.default_rng(1).standard_normal(1000).astype(np.float32)
     continued = np.concatenate([runner.process(good), runner.flush()])  # the refused chunks left no trace
     assert np.allclose(continued, OnnxSeparator(out).separate(good), atol=1e-6)
+    separator = OnnxSeparator(out)
     with pytest.raises(ValueError, match="the mixture holds 100 non-finite"):
-        OnnxSeparator(out).separate(np.array([0.0, np.nan] * 100, np.float32))
+        separator.separate(np.array([0.0, np.nan] * 100, np.float32))
+    with pytest.raises(ValueError, match=r"shape \[batch, time\], got shape \(100,\)"):
+        separator.separate_batch(np.zeros(100, np.float32))
+    with pytest.raises(ValueError, match=r"a mixture of 31 samples; expected \[batch, time\] with 32 <= time"):
+        separator.separate(np.zeros(31, np.float32))
     with pytest.raises(FileNotFoundError, match="not an s4m-export-onnx folder"):
         OnnxSeparator(os.path.dirname(out))
 
@@ -159,8 +226,10 @@ def test_the_runner_imports_without_torch(exported, tmp_path):
     script = (
         "import sys; sys.modules['torch'] = None\n"  # importing torch now fails
         "import numpy as np\n"
-        "from speechbrain_s4m.onnx_runtime import OnnxSeparator\n"
+        "from speechbrain_s4m.onnx_runtime import OnnxSeparator, OnnxStreamingSeparator\n"
         f"sources = OnnxSeparator({out!r}).separate(np.random.default_rng(0).standard_normal(4000))\n"
+        f"stream = OnnxStreamingSeparator({out!r})\n"
+        "assert stream.process(np.zeros(4000)).shape[1] == stream.flush().shape[1] == 2\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
         "print(sources.shape)\n"
     )
@@ -183,14 +252,3 @@ def test_a_failing_parity_check_writes_nothing(tmp_path, monkeypatch):
 def test_cli_refuses_a_folder_that_is_not_a_model(tmp_path, capsys):
     assert onnx_export.main([str(tmp_path), str(tmp_path / "out")]) == 2
     assert "not an s4m-export model folder" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_the_onnx_step_benchmark_times_both_runtimes():
-    from speechbrain_s4m.benchmark.onnx_streaming import compare_step, table
-
-    threads = torch.get_num_threads()  # the test process's own: its pool is left as it is
-    row = compare_step("S4M-tiny causal", 16, 5, threads, overrides={"num_blocks": 1, "hidden_channels": 16})
-    assert row["step_ms"] == 16 and row["parity"] < 1e-4
-    assert row["onnx_median_ms"] > 0 and row["torch_median_ms"] > 0
-    assert "| 16 ms |" in table("S4M-tiny causal", [row], 1)

@@ -137,41 +137,54 @@ def _real_speech_mixture(seconds: float):
 
 def test_onnx_export_of_the_trained_model_matches_pytorch_on_real_speech(causal_model, tmp_path, capsys):
     """s4m-export-onnx on the trained causal export; on real-speech mixtures of 1 s,
-    7.3 s and 60 s the onnxruntime separation (no torch involved) equals SpeechBrain's
-    offline separation within 1e-4 of the peak and 0.01 dB SI-SNR against the sources."""
+    7.3 s and 60 s the onnxruntime separations (no torch involved) of both graphs,
+    separator.onnx and stream_step.onnx, equal SpeechBrain's offline separation within
+    1e-4 of the peak and 0.01 dB SI-SNR against the sources."""
     from speechbrain_s4m.metrics import si_snr
     from speechbrain_s4m.onnx_export import main as export_onnx_main
-    from speechbrain_s4m.onnx_runtime import OnnxSeparator
+    from speechbrain_s4m.onnx_runtime import OnnxSeparator, OnnxStreamingSeparator
 
     model_dir, _ = causal_model
     graphs = tmp_path / "onnx"
     assert export_onnx_main([model_dir, str(graphs)]) == 0
-    assert "stream_step.onnx matches PyTorch within" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "separator.onnx matches PyTorch within" in printed and "stream_step.onnx matches PyTorch" in printed
     assert export_onnx_main([model_dir, str(graphs)]) == 2  # no overwrite without --force
     assert "pass --force" in capsys.readouterr().err
-    # s4m-separate --onnx streams files through the graph, with the CLI's guarantees
+    # s4m-separate --onnx: separator.onnx in the chunks of the PyTorch path, or with --stream
+    # the stream graph, with the CLI's guarantees
     model_dir_mix = _mixture(causal_model[1])
     mix, rate = sf.read(str(model_dir_mix), dtype="float32")
-    out = tmp_path / "separated"
-    assert separate_main([str(model_dir_mix), "--model", str(graphs), "--out", str(out), "--onnx"]) == 0
+    out = {name: tmp_path / name for name in ("torch", "onnx", "stream")}
+    assert separate_main([str(model_dir_mix), "--model", model_dir, "--out", str(out["torch"])]) == 0
+    assert separate_main([str(model_dir_mix), "--model", str(graphs), "--out", str(out["onnx"]), "--onnx"]) == 0
+    command = [str(model_dir_mix), "--model", str(graphs), "--out", str(out["stream"]), "--onnx", "--stream"]
+    assert separate_main(command) == 0
     assert re.search(r"algorithmic latency 151 samples \(18\.9 ms\); real-time factor", capsys.readouterr().out)
     offline = _offline(model_dir, torch.from_numpy(mix), tmp_path).numpy()
     offline = 0.99 * offline / np.abs(offline).max(axis=0)
     for s in range(2):
-        written, _ = sf.read(str(out / f"{model_dir_mix.stem}_s{s + 1}.wav"), dtype="float32")
-        assert np.abs(written - offline[:, s]).max() < 1e-4
-    assert separate_main([str(model_dir_mix), "--model", str(graphs), "--out", str(out), "--onnx"]) == 1
+        name = f"{model_dir_mix.stem}_s{s + 1}.wav"
+        written = {key: sf.read(str(folder / name), dtype="float32")[0] for key, folder in out.items()}
+        assert np.abs(written["onnx"] - written["torch"]).max() < 1e-4
+        assert np.abs(written["stream"] - offline[:, s]).max() < 1e-4
+    assert separate_main(command) == 1
     assert "already exists (use --force" in capsys.readouterr().err
-    assert separate_main([str(model_dir_mix), "--model", model_dir, "--out", str(out), "--onnx"]) == 2
+    assert separate_main([str(model_dir_mix), "--model", model_dir, "--out", str(out["onnx"]), "--onnx"]) == 2
     assert "not an s4m-export-onnx folder" in capsys.readouterr().err
 
-    runner = OnnxSeparator(str(graphs), threads=2)
+    separator = OnnxSeparator(str(graphs), threads=2)
+    stream = OnnxStreamingSeparator(str(graphs), threads=2)
     for seconds in (1.0, 7.3, 60.0):
         sources, mix = _real_speech_mixture(seconds)
         offline = _offline(model_dir, torch.from_numpy(mix), tmp_path).numpy()
-        onnx = runner.separate(mix)
-        assert onnx.shape == offline.shape == sources.shape
-        assert np.abs(onnx - offline).max() < 1e-4 * np.abs(offline).max(), seconds
+        separated = {
+            "separator.onnx": separator.separate(mix),
+            "stream_step.onnx": np.concatenate([stream.process(mix), stream.flush()]),
+        }
         reference = torch.from_numpy(sources)[None]
-        gaps = si_snr(torch.from_numpy(onnx)[None], reference) - si_snr(torch.from_numpy(offline)[None], reference)
-        assert gaps.abs().max() < 0.01, (seconds, gaps)
+        for graph, onnx in separated.items():
+            assert onnx.shape == offline.shape == sources.shape
+            assert np.abs(onnx - offline).max() < 1e-4 * np.abs(offline).max(), (graph, seconds)
+            gaps = si_snr(torch.from_numpy(onnx)[None], reference) - si_snr(torch.from_numpy(offline)[None], reference)
+            assert gaps.abs().max() < 0.01, (graph, seconds, gaps)

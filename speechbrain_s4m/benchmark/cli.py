@@ -37,8 +37,8 @@ from speechbrain_s4m.cli import command_parser, usage_error
 from speechbrain_s4m.resources import keep_freed_memory
 
 PROG = "s4m-bench"
-SECTIONS = ("params", "macs", "cpu", "gpu", "train", "scaling", "streaming")
-FORWARD_SECTIONS = ("params", "macs", "cpu", "gpu")  # on models built in this process
+SECTIONS = ("params", "macs", "cpu", "gpu", "train", "scaling", "streaming", "onnx")
+FORWARD_SECTIONS = ("params", "macs", "cpu", "gpu", "onnx")  # on models built in this process
 
 
 class UsageError(ValueError):
@@ -162,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="audio streamed (64 ms chunks) to measure resident-memory growth per model; 0 skips it "
         "(default: %(default)s)",
     )
+    parser.add_argument(
+        "--onnx-chunks-ms",
+        default="16",
+        help="onnx section: stream-step lengths in ms for the --stream-models, each exported once "
+        "(default: %(default)s; empty: offline rows only)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # a ScalingSpec as JSON
     return parser
 
@@ -220,6 +226,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> Dict[st
             "stream_threads": args.stream_threads,
             "stream_seconds": args.stream_seconds,
             "stream_memory_minutes": args.stream_memory_minutes,
+            "onnx_chunks_ms": args.onnx_chunks_ms,
         },
         "counting_rule": COUNTING_RULE,
         "paper": PAPER,
@@ -304,6 +311,19 @@ def _forward_sections(
         else:
             record["notes"].append("GPU section skipped: CUDA is not available on this machine.")
             log("GPU section skipped: CUDA is not available on this machine.")
+    if "onnx" in sections:
+        from speechbrain_s4m.benchmark.onnx_section import onnx_section
+
+        record["onnx"] = onnx_section(
+            models,
+            _split(args.stream_models),
+            [float(v) for v in _split(args.onnx_chunks_ms)],
+            args.threads,
+            tracks=args.tracks,
+            repeats=args.repeats,
+            overrides=args.model_overrides,
+            log=log,
+        )
     del models
     gc.collect()
 

@@ -341,6 +341,62 @@ def streaming_table(streaming: Dict[str, Dict[str, object]]) -> str:
     return markdown_table(header, rows)
 
 
+def onnx_table(section: Mapping[str, object]) -> str:
+    """The onnx section's rows: offline CPU-RTF-f and stream steps, onnxruntime beside
+    PyTorch eager from the same run.
+
+    Example
+    -------
+    >>> offline = {"S4M-tiny": {"eager_rtf": 0.2, "onnx_rtf": 0.1, "speedup": 2.0, "export_s": 60.0,
+    ...     "parity": 1e-6}}
+    >>> print(onnx_table({"threads": 2, "offline": offline, "stream": {}}).splitlines()[2])
+    | S4M-tiny | CPU-RTF-f, 1 s tracks | 0.200 | 0.100 | 2.0x | 1e-06 | 60 |
+    """
+    rows = [
+        [name, "CPU-RTF-f, 1 s tracks", f"{r['eager_rtf']:.3f}", f"{r['onnx_rtf']:.3f}", f"{r['speedup']:.1f}x"]
+        + [f"{r['parity']:.2g}", f"{r['export_s']:.0f}"]
+        for name, r in section.get("offline", {}).items()
+    ]
+    for name, steps in section.get("stream", {}).items():
+        for r in steps:
+            rows.append(
+                [name, f"stream step of {r['step_ms']:g} ms, median / p99 (ms)"]
+                + [f"{r['torch_median_ms']:.1f} / {r['torch_p99_ms']:.1f}"]
+                + [f"{r['onnx_median_ms']:.1f} / {r['onnx_p99_ms']:.1f}", f"{r['speedup']:.1f}x"]
+                + [f"{r['parity']:.2g}", f"{r['export_s']:.0f}"]
+            )
+    header = ["model", "measure", "PyTorch eager", "onnxruntime", "speed-up", "parity (of peak)", "export (s)"]
+    return markdown_table(header, rows)
+
+
+ONNX_SPEEDUP_TARGET = 1.5
+
+
+def onnx_targets(section: Mapping[str, object]) -> List[Dict[str, str]]:
+    """The ONNX issue's goal, onnxruntime at least 1.5x faster than eager on the CPU,
+    for every row of the onnx section (none without it).
+
+    Example
+    -------
+    >>> onnx_targets({"offline": {"S4M": {"speedup": 1.2}}, "stream": {}})[0]["status"]
+    'FAIL'
+    """
+    measured = [(name, "CPU-RTF-f", r["speedup"]) for name, r in section.get("offline", {}).items()]
+    measured += [
+        (n, f"{r['step_ms']:g} ms stream step", r["speedup"])
+        for n, rows in section.get("stream", {}).items()
+        for r in rows
+    ]
+    return [
+        {
+            "target": f"{name} {what}: onnxruntime >= {ONNX_SPEEDUP_TARGET:g}x faster than PyTorch eager",
+            "status": "PASS" if speedup >= ONNX_SPEEDUP_TARGET else "FAIL",
+            "detail": f"{speedup:.2f}x",
+        }
+        for name, what, speedup in measured
+    ]
+
+
 def streaming_targets(streaming: Mapping[str, Mapping[str, object]]) -> List[Dict[str, str]]:
     """The streaming issue's targets for causal S4M-tiny at 8 kHz: real time on one core
     with 16 ms chunks (99th percentile under 16 ms), and RTF <= 0.3 with 64 ms chunks.
@@ -449,7 +505,7 @@ def check_targets(record: Dict[str, object]) -> List[Dict[str, str]]:
         )
     else:
         add(label, "SKIP", "needs the scaling section with lengths 4 and 60")
-    return targets + streaming_targets(record.get("streaming", {}))
+    return targets + streaming_targets(record.get("streaming", {})) + onnx_targets(record.get("onnx", {}))
 
 
 MACS_VERSUS_PAPER = (
@@ -536,6 +592,18 @@ def report(record: Dict[str, object]) -> str:
             "sample u depends on input samples up to u + latency (the rest of its block plus the encoder "
             "kernel), before the chunk's own buffering. Memory growth: resident memory after the last "
             "minute minus after the first, streaming 64 ms chunks.",
+            "",
+        ]
+    if record.get("onnx"):
+        parts += [
+            f"## onnxruntime against PyTorch eager (CPU, {record['onnx']['threads']} thread(s) each)",
+            "",
+            onnx_table(record["onnx"]),
+            "",
+            "CPU-RTF-f: seconds per 1 s track at 16 kHz of the eager model and of its separator.onnx, "
+            "the two taking turns round by round (median of rounds). Stream steps: causal models at 8 kHz, "
+            "stream_step.onnx against StreamingSeparator.process. Parity: the export's own check, the "
+            "largest difference over the peak. Export: s4m-export-onnx's time for that graph.",
             "",
         ]
     if record.get("notes"):

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechbrain_s4m.frame_geometry import encoder_frames
+
 
 class WaveformEncoder(nn.Conv1d):
     """Conv1d(1 -> E, kernel K, stride K // 4, no bias), no activation.
@@ -97,8 +99,7 @@ class WaveformEncoder(nn.Conv1d):
 
     def num_frames(self, num_samples: int) -> int:
         """Number of frames produced for ``num_samples`` input samples."""
-        (K,), (S,) = self.kernel_size, self.stride
-        return -(-max(num_samples - K, 0) // S) + 1
+        return encoder_frames(num_samples, self.kernel_size[0], self.stride[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode waveforms.

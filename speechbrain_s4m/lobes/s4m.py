@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechbrain_s4m.frame_geometry import whole_blocks
 from speechbrain_s4m.lobes.depthwise import DepthwiseConv1d
 from speechbrain_s4m.lobes.pointwise import PointwiseConv1d
 from speechbrain_s4m.lobes.s4 import S4
@@ -542,7 +543,9 @@ class S4MMaskNet(nn.Module):
             nn.ReLU(),
         )
 
-    def forward(self, x: torch.Tensor, stream: Optional[StreamState] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, stream: Optional[StreamState] = None, signal_frames: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Estimate masks.
 
         Arguments
@@ -553,11 +556,20 @@ class S4MMaskNet(nn.Module):
             For a causal network: the state carried from the previous chunks of the
             same sequence. Then ``L`` must be a multiple of :attr:`block_frames`,
             except in the last chunk (which is zero-padded like a whole sequence).
+        signal_frames : torch.Tensor, optional
+            How many of the ``L`` frames hold the signal (an integer tensor, so that
+            an exported graph takes it as an input; all of them when omitted). The
+            later frames are padding, as the frames up to whole blocks that this
+            forward pass appends: when ``L`` is ``signal_frames`` rounded up to
+            whole blocks, the masks are those of the first ``signal_frames`` frames
+            alone, followed by zero masks. This lets a caller pad a signal to whole
+            blocks itself (the last chunk of a stream, an exported graph).
 
         Returns
         -------
         torch.Tensor
-            Non-negative masks ``[num_spks, batch, E, L]``.
+            Non-negative masks ``[num_spks, batch, E, L]``, zero from
+            ``signal_frames`` on.
         """
         if x.dim() != 3 or x.shape[1] != self.in_channels or x.shape[-1] < 1:
             raise ValueError(
@@ -568,10 +580,10 @@ class S4MMaskNet(nn.Module):
             raise ValueError("S4MMaskNet: streaming needs a causal=True model")
         batch, E, L = x.shape
         padded = self.padded_length(L)
-        bottleneck = self.bottleneck(self.norm(x))  # [B, bottleneck, L]
-        if stream is not None:  # a last chunk padded to whole blocks: its padding frames are zeros here
-            bottleneck = stream.zero_padding(bottleneck)
-        bottleneck = F.pad(bottleneck, (0, padded - L))  # zero frames: [B, bottleneck, L']
+        signal = torch.arange(padded, device=x.device) < (L if signal_frames is None else signal_frames)  # [L']
+        x = F.pad(x, (0, padded - L))  # [B, E, L']: zero frames up to whole blocks
+        # The padding frames are zeros after the bottleneck, as they would be at the end of a signal.
+        bottleneck = self.bottleneck(self.input_norm(x, signal)).masked_fill(~signal, 0.0)  # [B, bottleneck, L']
         # Kernel spectra once for all unfolded passes (a stream runs recurrences).
         spectra = self.block.kernel_spectra(padded) if stream is None else None
         out = None
@@ -580,8 +592,35 @@ class S4MMaskNet(nn.Module):
                 stream.scope = unfolded_pass  # every pass carries its own state
             block_input = bottleneck if out is None else self.fuse(bottleneck + out)
             out = self.block(block_input, spectra, stream)
-        masks = self.mask_head(F.pad(out, (0, L - padded)))  # trimmed (a negative pad) to [B, spks * E, L]
+        masks = self.mask_head(out).masked_fill(~signal, 0.0)  # [B, spks * E, L']
+        masks = F.pad(masks, (0, L - padded))  # trimmed (a negative pad) to [B, spks * E, L]
         return masks.view(batch, self.num_spks, E, L).transpose(0, 1)
+
+    def input_norm(self, x: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+        """The first normalisation of ``x [B, E, L]``, ``signal [L]`` marking the frames
+        that hold the signal: gLN with its mean and variance over those frames alone
+        (the same statistics as on the unpadded signal; float32, also under
+        autocast), or the causal per-frame layer norm, which needs no statistics over
+        frames.
+
+        Example
+        -------
+        >>> masknet = S4MMaskNet(in_channels=4, hidden_channels=16, num_blocks=1)
+        >>> x = torch.randn(1, 4, 10)
+        >>> padded = torch.cat([x, torch.randn(1, 4, 6)], -1)
+        >>> signal = torch.arange(16) < 10
+        >>> bool(torch.allclose(masknet.input_norm(padded, signal)[..., :10], masknet.norm(x), atol=1e-5))
+        True
+        """
+        if not isinstance(self.norm, nn.GroupNorm):
+            return self.norm(x)
+        x, weights = x.float(), signal.float()  # float32 statistics, as GroupNorm's under autocast
+        count = weights.sum() * x.shape[1]
+        mean = (x * weights).sum((1, 2), keepdim=True) / count  # [B, 1, 1]
+        centred = x - mean
+        variance = (centred.square() * weights).sum((1, 2), keepdim=True) / count
+        normalised = centred * torch.rsqrt(variance + self.norm.eps)
+        return torch.addcmul(self.norm.bias[:, None], normalised, self.norm.weight[:, None])
 
     def start_from_uniform_masks(self, weight_scale: float = 0.1) -> None:
         """Re-initialise the mask head so that every mask starts near ``1 / num_spks``:
@@ -619,5 +658,4 @@ class S4MMaskNet(nn.Module):
         >>> S4MMaskNet(in_channels=9, num_scales=4).padded_length(997)
         1000
         """
-        multiple = self.block.frame_multiple
-        return -(-length // multiple) * multiple
+        return whole_blocks(length, self.block.frame_multiple)

@@ -35,9 +35,6 @@ class StreamState:
 
     def __init__(self):
         self.scope = 0
-        # Frames of the current chunk that hold signal, when it is the last one and
-        # ends in zero padding (a tensor, so that an exported step takes it as an input).
-        self.signal_frames: Optional[torch.Tensor] = None
         self._tensors: Dict[Tuple[int, nn.Module], torch.Tensor] = {}
         self._cached: Dict[nn.Module, object] = {}
 
@@ -55,22 +52,6 @@ class StreamState:
         if module not in self._cached:
             self._cached[module] = build()
         return self._cached[module]
-
-    def zero_padding(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [..., frames]`` with the frames from :attr:`signal_frames` on set to zero
-        (padding, as the offline forward pads the end of a signal); ``x`` itself when
-        every frame holds signal.
-
-        Example
-        -------
-        >>> stream = StreamState()
-        >>> stream.signal_frames = torch.tensor(2)
-        >>> stream.zero_padding(torch.ones(1, 4))
-        tensor([[1., 1., 0., 0.]])
-        """
-        if self.signal_frames is None:
-            return x
-        return x * (torch.arange(x.shape[-1], device=x.device) < self.signal_frames).to(x.dtype)
 
     def nbytes(self) -> int:
         """Bytes held by the carried tensors (they do not grow with the stream)."""

@@ -346,6 +346,28 @@ def test_streaming_section_end_to_end(tmp_path, capsys):
     assert "| S4M-tiny causal | " in printed and "algorithmic latency (samples)" in printed
 
 
+@pytest.mark.slow
+def test_onnx_section_end_to_end(tmp_path, capsys):
+    """s4m-bench --sections onnx: the offline graph's CPU-RTF-f beside eager's, and a
+    stream step, from one run; Sepformer is not exported. The test process's torch
+    thread pool is left as it is (changing it back and forth can hang later work)."""
+    threads = torch.get_num_threads()
+    tiny = {"num_blocks": 1, "hidden_channels": 16}
+    overrides = {"S4M-tiny": tiny, "S4M-tiny causal": tiny}
+    options = ["--sections", "onnx", "--models", "S4M-tiny", "--threads", str(threads), "--tracks", "2"]
+    options += ["--repeats", "1", "--stream-models", "S4M-tiny causal", "--onnx-chunks-ms", "16"]
+    assert cli.main(options + ["--model-overrides", json.dumps(overrides), "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    section = json.loads((tmp_path / "bench.json").read_text())["onnx"]
+    offline = section["offline"]["S4M-tiny"]
+    assert offline["parity"] < 1e-4 and offline["eager_rtf"] > 0 and offline["onnx_rtf"] > 0
+    assert offline["speedup"] == pytest.approx(offline["eager_rtf"] / offline["onnx_rtf"])
+    (step,) = section["stream"]["S4M-tiny causal"]
+    assert step["step_ms"] == 16 and step["parity"] < 1e-4 and step["onnx_median_ms"] > 0
+    assert "| S4M-tiny | CPU-RTF-f, 1 s tracks |" in printed and "stream step of 16 ms" in printed
+    assert "onnxruntime >= 1.5x faster than PyTorch eager" in printed
+
+
 # ------------------------------------------------------------- training section
 def test_training_step_updates_the_recipe_model(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # loading the hparams must write nothing here

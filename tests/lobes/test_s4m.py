@@ -167,3 +167,22 @@ def test_block_rejects_lengths_that_are_not_multiples_of_its_scales():
     block = S4MBlock(bottleneck_channels=8, hidden_channels=16, num_scales=4)
     with pytest.raises(ValueError, match="positive multiple of 8 frames, got 50"):
         block(torch.randn(1, 8, 50))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("length", [13, 16, 77])
+def test_signal_frames_make_padding_to_whole_blocks_invisible(causal, length):
+    """Frames up to whole blocks appended after signal_frames (any content) change
+    nothing in the masks of the signal, and get zero masks: a caller may pad a signal
+    to whole blocks itself."""
+    torch.manual_seed(6)
+    masknet = S4MMaskNet(in_channels=9, hidden_channels=16, num_blocks=2, causal=causal).eval()
+    x = torch.randn(2, 9, length)
+    extra = masknet.padded_length(length) - length
+    padded = torch.cat([x, 3 * torch.randn(2, 9, extra)], -1)
+    with torch.no_grad():
+        expected = masknet(x)
+        masks = masknet(padded, signal_frames=torch.tensor(length))
+    assert masks.shape == (2, 2, 9, length + extra)
+    assert torch.allclose(masks[..., :length], expected, atol=1e-5)
+    assert not masks[..., length:].any()
