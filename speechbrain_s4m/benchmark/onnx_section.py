@@ -62,8 +62,9 @@ def offline_rows(
     Returns
     -------
     dict
-        ``{model: {"eager_rtf", "onnx_rtf", "speedup", "export_s", "parity"}}``; models
-        that are not S4M (Sepformer) are left out.
+        ``{model: {"eager_rtf", "onnx_rtf", "speedup", "export_s", "parity"}}``, or
+        ``{model: {"refused": the export's error}}`` when its parity check refused the
+        graph; models that are not S4M (Sepformer) are left out.
     """
     exportable = {name: model for name, model in models.items() if isinstance(model.masknet, S4MMaskNet)}
     rows: Dict[str, Dict[str, float]] = {}
@@ -72,12 +73,19 @@ def offline_rows(
         for i, (name, model) in enumerate(exportable.items()):
             log(f"  exporting {name} to separator.onnx ...")
             folder, start = os.path.join(root, str(i)), time.perf_counter()
-            figures = export_graphs(model, SAMPLE_RATE, folder)["separator"]
+            try:
+                figures = export_graphs(model, SAMPLE_RATE, folder)["separator"]
+            except ValueError as error:  # the export's parity check refused the graph
+                rows[name] = {"refused": str(error)}
+                log(f"  {name}: {error}")
+                continue
             rows[name] = {"export_s": time.perf_counter() - start, "parity": figures["max_difference_over_peak"]}
             timed[name] = model
             timed[name + ONNX_SUFFIX] = OnnxModule(OnnxSeparator(folder, threads))
         rtf = cpu_rtf(timed, tracks=tracks, repeats=repeats, log=log)
     for name, row in rows.items():
+        if "refused" in row:
+            continue
         row["eager_rtf"] = rtf[name]["rtf"]
         row["onnx_rtf"] = rtf[name + ONNX_SUFFIX]["rtf"]
         row["speedup"] = row["eager_rtf"] / row["onnx_rtf"]

@@ -355,6 +355,8 @@ def onnx_table(section: Mapping[str, object]) -> str:
     rows = [
         [name, "CPU-RTF-f, 1 s tracks", f"{r['eager_rtf']:.3f}", f"{r['onnx_rtf']:.3f}", f"{r['speedup']:.1f}x"]
         + [f"{r['parity']:.2g}", f"{r['export_s']:.0f}"]
+        if "refused" not in r
+        else [name, "CPU-RTF-f, 1 s tracks", "-", "export refused: " + r["refused"], "-", "-", "-"]
         for name, r in section.get("offline", {}).items()
     ]
     for name, steps in section.get("stream", {}).items():
@@ -381,7 +383,8 @@ def onnx_targets(section: Mapping[str, object]) -> List[Dict[str, str]]:
     >>> onnx_targets({"offline": {"S4M": {"speedup": 1.2}}, "stream": {}})[0]["status"]
     'FAIL'
     """
-    measured = [(name, "CPU-RTF-f", r["speedup"]) for name, r in section.get("offline", {}).items()]
+    offline = section.get("offline", {})
+    measured = [(name, "CPU-RTF-f", r["speedup"]) for name, r in offline.items() if "refused" not in r]
     measured += [
         (n, f"{r['step_ms']:g} ms stream step", r["speedup"])
         for n, rows in section.get("stream", {}).items()

@@ -232,9 +232,18 @@ class SSMRecurrence:
 
 def delayed(x: torch.Tensor, shift: int) -> torch.Tensor:
     """``x [..., c, N]`` delayed by ``shift`` chunks along ``c``, zeros first (any
-    ``shift``, also beyond ``c``). Pads, not slices: an exported graph then knows the
-    output length without a bound check (a negative pad trims)."""
-    return F.pad(F.pad(x, (0, 0, shift, 0)), (0, 0, 0, -shift))
+    ``shift``, also beyond ``c``): the first ``c - min(shift, c)`` chunks, after
+    ``min(shift, c)`` zero chunks. The minimum is symbolic (``torch.sym_min``), so that
+    an exported graph works for every ``c`` and never builds more than ``c`` chunks.
+
+    Example
+    -------
+    >>> delayed(torch.arange(3.0).view(3, 1), 1).flatten(), delayed(torch.ones(3, 1), 5).flatten()
+    (tensor([0., 0., 1.]), tensor([0., 0., 0.]))
+    """
+    chunks = x.shape[-2]
+    zeros = torch.sym_min(shift, chunks)
+    return F.pad(x[..., : chunks - zeros, :], (0, 0, zeros, 0))
 
 
 MAX_SCAN_STEPS = 16  # ChunkScan's doubling steps: sequences of up to MAX_CHUNK * 2^16 frames
