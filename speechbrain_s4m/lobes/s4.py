@@ -26,7 +26,14 @@ from torch import nn
 
 from speechbrain_s4m.lobes.pointwise import PointwiseConv1d
 from speechbrain_s4m.lobes.s4_kernel import DiagonalKernel, DPLRKernel, SSMKernel, fft_length
-from speechbrain_s4m.lobes.s4_recurrence import MAX_CHUNK, MAX_SCAN_STEPS, ChunkScan, SSMRecurrence, real_system
+from speechbrain_s4m.lobes.s4_recurrence import (
+    MAX_CHUNK,
+    MAX_SCAN_STEPS,
+    ChunkScan,
+    SSMRecurrence,
+    real_system,
+    stacked,
+)
 
 __all__ = ["S4", "ScannedS4", "fft_length"]
 
@@ -285,12 +292,13 @@ class ScannedS4(nn.Module):
         with torch.no_grad(), _float32_region(layer.kernel.skip.device):
             system = layer.kernel.discretize()
             directions = 2 if layer.bidirectional else 1
-            self.scans = nn.ModuleList(ChunkScan(real_system(system, d), chunk, steps) for d in range(directions))
+            # Both directions of a bidirectional layer in one scan, their channels stacked.
+            self.scan = ChunkScan(stacked([real_system(system, d) for d in range(directions)]), chunk, steps)
 
     @property
     def max_frames(self) -> int:
         """The longest input the scans cover."""
-        return self.scans[0].max_frames
+        return self.scan.max_frames
 
     def kernel_spectrum(self, length: int) -> None:
         """No spectrum: the scans need none (see :meth:`S4.kernel_spectrum`)."""
@@ -299,7 +307,9 @@ class ScannedS4(nn.Module):
     def forward(self, x: torch.Tensor, spectrum: None = None) -> torch.Tensor:
         """``[batch, H, L] -> [batch, H, L]``, as :meth:`S4.forward`."""
         self.layer._check_input(x)
-        y = self.scans[0](x)
-        if len(self.scans) == 2:
-            y = y + self.scans[1](x.flip(-1)).flip(-1)
+        if self.layer.bidirectional:  # the anti-causal kernel is the causal scan of the reversed input
+            forward, backward = self.scan(torch.cat([x, x.flip(-1)], 1)).chunk(2, dim=1)
+            y = forward + backward.flip(-1)
+        else:
+            y = self.scan(x)
         return self.layer._output(y, x.dtype)

@@ -26,7 +26,7 @@ Authors
  * speechbrain-s4m contributors
 """
 
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Callable, Dict, List, NamedTuple, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ from torch import nn
 
 from speechbrain_s4m.lobes.s4_kernel import DiscreteSSM, with_conjugates
 
-__all__ = ["ChunkOperators", "ChunkScan", "RealSSM", "SSMRecurrence", "chunk_lengths", "real_system"]
+__all__ = ["ChunkOperators", "ChunkScan", "RealSSM", "SSMRecurrence", "chunk_lengths", "real_system", "stacked"]
 
 MAX_CHUNK = 64  # frames per pair of matrix products (a power of two); longer inputs are split
 
@@ -230,20 +230,40 @@ class SSMRecurrence:
         return torch.cat(outputs, -1), state
 
 
-def delayed(x: torch.Tensor, shift: int) -> torch.Tensor:
+def delayed(
+    x: torch.Tensor, shift: int, then: Callable[[torch.Tensor], torch.Tensor] = lambda kept: kept
+) -> torch.Tensor:
     """``x [..., c, N]`` delayed by ``shift`` chunks along ``c``, zeros first (any
-    ``shift``, also beyond ``c``): the first ``c - min(shift, c)`` chunks, after
-    ``min(shift, c)`` zero chunks. The minimum is symbolic (``torch.sym_min``), so that
-    an exported graph works for every ``c`` and never builds more than ``c`` chunks.
+    ``shift``, also beyond ``c``): the first ``c - min(shift, c)`` chunks, mapped by
+    ``then`` (which keeps the chunk axis), after ``min(shift, c)`` zero chunks. ``then``
+    works on the kept chunks only, none once ``shift >= c``. The minimum is symbolic
+    (``torch.sym_min``), so that an exported graph works for every ``c`` and never
+    builds more than ``c`` chunks.
 
     Example
     -------
     >>> delayed(torch.arange(3.0).view(3, 1), 1).flatten(), delayed(torch.ones(3, 1), 5).flatten()
     (tensor([0., 0., 1.]), tensor([0., 0., 0.]))
+    >>> delayed(torch.arange(3.0).view(3, 1), 2, then=lambda kept: kept + 10).flatten()
+    tensor([ 0.,  0., 10.])
     """
     chunks = x.shape[-2]
     zeros = torch.sym_min(shift, chunks)
-    return F.pad(x[..., : chunks - zeros, :], (0, 0, zeros, 0))
+    return F.pad(then(x[..., : chunks - zeros, :]), (0, 0, zeros, 0))
+
+
+def stacked(systems: Sequence[RealSSM]) -> RealSSM:
+    """Several systems as one, their channels side by side (``H`` the sum of theirs), so
+    that one :class:`ChunkScan` evaluates them all (both directions of a layer).
+
+    Example
+    -------
+    >>> from speechbrain_s4m.lobes.s4_kernel import DPLRKernel
+    >>> system = DPLRKernel(d_model=3, d_state=8, directions=2).discretize()
+    >>> stacked([real_system(system, 0), real_system(system, 1)]).transition.shape
+    torch.Size([6, 8, 8])
+    """
+    return RealSSM(*(torch.cat(parts) for parts in zip(*systems)))
 
 
 MAX_SCAN_STEPS = 16  # ChunkScan's doubling steps: sequences of up to MAX_CHUNK * 2^16 frames
@@ -312,10 +332,17 @@ class ChunkScan(nn.Module):
         # Channel-batched matrix products (bmm) of all B * c chunks at once.
         sums = torch.bmm(u.reshape(channels, -1, m), self.gather)  # each chunk's end state from 0: [H, B c, N]
         sums = sums.view(channels, batch, chunks, N)
-        for step in range(self.steps):  # sums[c] = sum over the last 2^(step+1) chunks up to c
-            back = delayed(sums, 1 << step)  # sums[c - 2^step], zero before 0: [H, B, c, N]
-            sums = sums + torch.bmm(back.reshape(channels, -1, N), self.jumps[step]).view(channels, batch, chunks, N)
+        for step, jump in enumerate(self.jumps):  # sums[c] = sum over the last 2^(step+1) chunks up to c
+            # (A^m)^(2^step) sums[c - 2^step], zero before 0, multiplied for the kept chunks only
+            # (none once 2^step >= c): [H, B, c, N]
+            sums = sums + delayed(sums, 1 << step, then=lambda back, jump=jump: transformed(back, jump))
         starts = delayed(sums, 1)  # x_c = the sum up to chunk c - 1
         y = torch.bmm(torch.cat([starts, u], -1).reshape(channels, -1, N + m), self.output)  # [H, B c, m]
         y = y.view(channels, batch, chunks * m).transpose(0, 1)  # [B, H, c m]
         return F.pad(y, (0, length - chunks * m))  # trimmed (a negative pad) to [B, H, L]
+
+
+def transformed(states: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Row states ``[H, B, c, N]`` times each channel's ``matrix [H, N, N]``."""
+    channels, batch, chunks, N = states.shape
+    return torch.bmm(states.reshape(channels, -1, N), matrix).view(channels, batch, chunks, N)
