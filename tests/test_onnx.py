@@ -63,11 +63,14 @@ def test_real_system_names_a_missing_direction():
 
 
 # ------------------------------------------------------------- the exported graphs
-def _random_lobes(num_blocks=2, hidden=16, causal=True, decoder_s4=True):
+def _random_lobes(num_blocks=2, hidden=16, causal=True, decoder_s4=True, num_scales=4):
     torch.manual_seed(1)
+    masknet = S4MMaskNet(
+        17, hidden_channels=hidden, num_blocks=num_blocks, num_scales=num_scales, decoder_s4=decoder_s4, causal=causal
+    )
     lobes = (
         WaveformEncoder(32),
-        S4MMaskNet(17, hidden_channels=hidden, num_blocks=num_blocks, decoder_s4=decoder_s4, causal=causal),
+        masknet,
         Decoder(17, 1, 32, stride=8, bias=False),
     )
     for lobe in lobes:
@@ -75,16 +78,17 @@ def _random_lobes(num_blocks=2, hidden=16, causal=True, decoder_s4=True):
     return lobes
 
 
-def _random_stream(num_blocks=2, hidden=16):
-    lobes = _random_lobes(num_blocks, hidden)
+def _random_stream(num_blocks=2, hidden=16, num_scales=4):
+    lobes = _random_lobes(num_blocks, hidden, num_scales=num_scales)
     return lobes, StreamingSeparator(*lobes, sample_rate=8000)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Both graphs of a causal S4M (decoder S4 layers), one unfolded pass to keep the
-    export short (the trained recipe model of test_streaming_recipe has two)."""
-    lobes, stream = _random_stream(num_blocks=1)
+    """Both graphs of a causal S4M (decoder S4 layers), with one unfolded pass and three
+    scales (blocks of 4 frames) to keep the export short; the trained recipe model of
+    test_streaming_recipe has two passes and four scales."""
+    lobes, stream = _random_stream(num_blocks=1, num_scales=3)
     out = tmp_path_factory.mktemp("onnx") / "graphs"
     figures = export_graphs(EncoderMaskerDecoder(*lobes), 8000, str(out))
     return lobes, stream, str(out), figures
@@ -107,12 +111,12 @@ def test_export_writes_both_graphs_and_their_metadata(exported):
     metadata = json.load(open(os.path.join(out, "onnx_model.json")))
     assert metadata["sample_rate"] == 8000 and metadata["num_spks"] == 2 and metadata["opset"] == 18
     step = metadata["stream_step"]
-    assert step["hop_samples"] == 128 and step["window_samples"] == 128 + 32 - 8  # 16 ms: 2 blocks
-    assert stream.latency_samples == 87  # one block
+    assert step["hop_samples"] == 128 and step["window_samples"] == 128 + 32 - 8  # 16 ms: 4 blocks
+    assert stream.latency_samples == (4 - 1) * 8 + 32 - 1  # one block of 4 frames
     assert step["latency_samples"] == (16 - 1) * 8 + 32 - 1  # a step's window of 16 frames
     assert step["state"][0] == {"name": "state.decoder_tail", "shape": [2, 24]}
     separator = metadata["separator"]
-    assert separator["inputs"] == ["mixture", "signal_frames"] and separator["block_frames"] == 8
+    assert separator["inputs"] == ["mixture", "signal_frames"] and separator["block_frames"] == 4
     assert separator["max_frames"] == 64 * 2**16  # S4M: a decoder S4 layer at the finest scale
     for graph in ("separator", "stream_step"):
         assert metadata[graph]["parity"] == figures[graph]
@@ -155,13 +159,13 @@ def test_the_separator_graph_takes_any_batch(exported):
 
 @pytest.mark.slow
 def test_a_non_causal_model_exports_the_separator_alone(tmp_path):
-    lobes = _random_lobes(num_blocks=1, hidden=8, causal=False, decoder_s4=False)  # S4M-tiny
+    lobes = _random_lobes(num_blocks=1, hidden=8, causal=False, decoder_s4=False, num_scales=2)  # S4M-tiny
     model = EncoderMaskerDecoder(*lobes)
     out = tmp_path / "graphs"
     figures = export_graphs(model, 8000, str(out))
     assert sorted(figures) == ["separator"] and figures["separator"]["min_si_snr_db"] > 80
     assert sorted(os.listdir(out)) == ["onnx_model.json", "separator.onnx"]
-    assert json.load(open(out / "onnx_model.json"))["separator"]["max_frames"] == 8 * 64 * 2**16  # S4 at 1/8
+    assert json.load(open(out / "onnx_model.json"))["separator"]["max_frames"] == 2 * 64 * 2**16  # S4 at 1/2
     mix = torch.randn(2, 5000)
     with torch.no_grad():
         offline = model(mix).numpy()
@@ -186,7 +190,7 @@ def test_onnx_stream_reproduces_the_pytorch_stream_chunk_by_chunk(exported):
     for chunk in np.split(mix, [100, 228, 1500, 1501]):
         expected.append(stream.process(torch.from_numpy(chunk)).numpy())
         got.append(runner.process(chunk))
-        # The graph emits whole steps of 2 blocks, the PyTorch stream every block: what
+        # The graph emits whole steps of 4 blocks, the PyTorch stream every block: what
         # both have emitted so far is equal.
         both = min(sum(map(len, expected)), sum(map(len, got)))
         assert 0 < both or len(got) < 2
