@@ -57,12 +57,12 @@ from speechbrain_s4m.export import load_exported
 from speechbrain_s4m.lobes.s4 import ScannedS4
 from speechbrain_s4m.lobes.s4_recurrence import MAX_CHUNK
 from speechbrain_s4m.lobes.s4m import ResidualS4, S4MMaskNet
-from speechbrain_s4m.lobes.stream_state import StreamState
 from speechbrain_s4m.metrics import si_snr
 from speechbrain_s4m.onnx_runtime import METADATA
 from speechbrain_s4m.separator import EncoderMaskerDecoder, first_layer
 from speechbrain_s4m.streaming import StreamingSeparator
 
+GRAPH_FILES = {"separator": "separator.onnx", "stream_step": "stream_step.onnx"}  # file of each graph
 OPSET = 18
 PEAK_TOLERANCE = 1e-4  # largest |onnx - torch| over the peak |torch|
 # SI-SNR of the ONNX sources against PyTorch's: at 80 dB the difference e is below 1e-4
@@ -116,10 +116,10 @@ class StreamStep(nn.Module):
         with torch.no_grad():
             streaming._separate_frames(torch.zeros(self.window_samples, device=streaming.device), self.frames)
         self._warm = streaming._state
-        self._keys = list(self._warm._tensors)  # (unfolded pass, module), in the order the step sets them
+        self._keys = self._warm.keys()  # (unfolded pass, module), in the order the step sets them
         names = {module: name for name, module in self.model.masknet.named_modules()}
         self.state_names = ["decoder_tail"] + [f"pass{scope}.{names[module]}" for scope, module in self._keys]
-        self.state_shapes = [tuple(streaming._tail.shape)] + [tuple(self._warm._tensors[k].shape) for k in self._keys]
+        self.state_shapes = [tuple(streaming._tail.shape)] + [tuple(self._warm.tensor(k).shape) for k in self._keys]
         streaming.reset()
 
     def initial_state(self) -> List[torch.Tensor]:
@@ -132,12 +132,10 @@ class StreamStep(nn.Module):
         """``window [F S + K - S]``, ``signal_frames`` (``F``, or fewer in the last step,
         whose later frames are padding) and the state -> ``sources [F S, C]`` and the
         new state."""
-        carried = StreamState()
-        carried._cached = self._warm._cached  # the S4 recurrences, built once
-        carried._tensors = dict(zip(self._keys, state[1:]))
+        carried = self._warm.continued(dict(zip(self._keys, state[1:])))  # the S4 recurrences built once
         self.streaming._state, self.streaming._tail = carried, state[0]
         sources = self.streaming._separate_frames(window, self.frames, signal_frames)
-        return (sources, self.streaming._tail, *[carried._tensors[k] for k in self._keys])
+        return (sources, self.streaming._tail, *[carried.tensor(k) for k in self._keys])
 
 
 def compare(onnx_out: np.ndarray, torch_out: np.ndarray) -> Dict[str, float]:
@@ -272,9 +270,9 @@ def trace_separator(model: EncoderMaskerDecoder, directory: str) -> Dict[str, ob
             output_names=["sources"],
             dynamic_shapes=({0: torch.export.Dim("batch", min=1), 1: time}, None),
         )
-    program.save(os.path.join(directory, "separator.onnx"), external_data=False)
+    program.save(os.path.join(directory, GRAPH_FILES["separator"]), external_data=False)
     return {
-        "file": "separator.onnx",
+        "file": GRAPH_FILES["separator"],
         "inputs": ["mixture", "signal_frames"],
         "outputs": ["sources"],
         "encoder_kernel": K,
@@ -325,8 +323,9 @@ def write_graphs(
     """Trace every graph of ``graphs`` (its section name -> a function writing the file
     into a folder and returning its metadata, and the parity check run on that folder)
     into a staging folder beside ``out_dir``, check each against PyTorch and, when
-    all pass, move the files and ``onnx_model.json`` into ``out_dir``. Returns each
-    graph's parity figures.
+    all pass, move the files and ``onnx_model.json`` into ``out_dir``, then remove a
+    graph file of an earlier export that this one does not write (a non-causal model's
+    graphs replacing a causal one's). Returns each graph's parity figures.
 
     Raises
     ------
@@ -359,6 +358,9 @@ def write_graphs(
         os.makedirs(out_dir, exist_ok=True)
         for name in [metadata[graph]["file"] for graph in graphs] + [METADATA]:
             os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+        for graph, name in GRAPH_FILES.items():  # after the new metadata, which no longer names it
+            if graph not in graphs and os.path.exists(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
         return figures
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -439,9 +441,9 @@ def trace_stream_step(streaming: StreamingSeparator, blocks: int, directory: str
             input_names=input_names,
             output_names=output_names,
         )
-    program.save(os.path.join(directory, "stream_step.onnx"), external_data=False)
+    program.save(os.path.join(directory, GRAPH_FILES["stream_step"]), external_data=False)
     return {
-        "file": "stream_step.onnx",
+        "file": GRAPH_FILES["stream_step"],
         "frames": step.frames,
         "hop_samples": step.hop_samples,
         "window_samples": step.window_samples,
@@ -466,7 +468,7 @@ def export_onnx(
             f"{model_dir} is not an s4m-export model folder: expected hyperparams.yaml, encoder.ckpt, "
             "masknet.ckpt and decoder.ckpt there (write one with s4m-export)"
         )
-    names = ("separator.onnx", "stream_step.onnx", METADATA)
+    names = (*GRAPH_FILES.values(), METADATA)
     existing = [n for n in names if os.path.exists(os.path.join(out_dir, n))]
     if existing and not force:
         raise FileExistsError(f"{out_dir} already holds {', '.join(existing)}; pass --force to replace them")
@@ -479,11 +481,7 @@ def export_onnx(
             raise ValueError(f"--check-audio {check_audio}: {rate} Hz, expected the model's {sample_rate} Hz")
         check_mix = signal.numpy()
     model = EncoderMaskerDecoder(mods.encoder, mods.masknet, mods.decoder)
-    figures = export_graphs(model, sample_rate, out_dir, chunk_ms, check_mix)
-    stale = os.path.join(out_dir, "stream_step.onnx")
-    if "stream_step" not in figures and os.path.exists(stale):  # replaced (--force) by a non-causal model's graphs
-        os.remove(stale)
-    return figures
+    return export_graphs(model, sample_rate, out_dir, chunk_ms, check_mix)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

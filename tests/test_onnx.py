@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +257,30 @@ def test_a_failing_parity_check_writes_nothing(tmp_path, monkeypatch):
 def test_cli_refuses_a_folder_that_is_not_a_model(tmp_path, capsys):
     assert onnx_export.main([str(tmp_path), str(tmp_path / "out")]) == 2
     assert "not an s4m-export model folder" in capsys.readouterr().err
+
+
+def test_a_new_export_removes_the_graph_it_no_longer_writes(tmp_path):
+    """A non-causal model's graphs (--force) over a causal model's: the stale
+    stream_step.onnx goes, after the new metadata; files that are not graphs stay."""
+    out = tmp_path / "graphs"
+    out.mkdir()
+    for name in ("separator.onnx", "stream_step.onnx", "onnx_model.json", "notes.onnx"):
+        (out / name).write_text("old")
+
+    def trace(folder):
+        (Path(folder) / "separator.onnx").write_text("new")
+        return {"file": "separator.onnx"}
+
+    def check(folder):
+        return {"max_difference_over_peak": 0.0, "min_si_snr_db": 100.0}
+
+    onnx_export.write_graphs(str(out), 8000, 2, {"separator": (trace, check)})
+    assert sorted(os.listdir(out)) == ["notes.onnx", "onnx_model.json", "separator.onnx"]
+    assert (out / "separator.onnx").read_text() == "new" and (out / "notes.onnx").read_text() == "old"
+    assert sorted(json.load(open(out / "onnx_model.json"))) == [
+        "format",
+        "num_spks",
+        "opset",
+        "sample_rate",
+        "separator",
+    ]

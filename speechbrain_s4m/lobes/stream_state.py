@@ -11,7 +11,7 @@ Authors
  * speechbrain-s4m contributors
 """
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -52,6 +52,33 @@ class StreamState:
         if module not in self._cached:
             self._cached[module] = build()
         return self._cached[module]
+
+    def keys(self) -> List[Tuple[int, nn.Module]]:
+        """The ``(pass, module)`` of every carried tensor, in the order they were first set."""
+        return list(self._tensors)
+
+    def tensor(self, key: Tuple[int, nn.Module]) -> torch.Tensor:
+        """The carried tensor of ``key`` (one of :meth:`keys`)."""
+        return self._tensors[key]
+
+    def continued(self, tensors: Mapping[Tuple[int, nn.Module], torch.Tensor]) -> "StreamState":
+        """A state that carries ``tensors`` (by the keys of :meth:`keys`) and shares this
+        state's cached recurrences: the same stream, continued from given tensors (an
+        exported step whose state comes in as inputs).
+
+        Example
+        -------
+        >>> conv = nn.Conv1d(2, 2, 3)
+        >>> stream = StreamState()
+        >>> stream.set(conv, torch.zeros(1, 2, 2))
+        >>> later = stream.continued({key: torch.ones(1, 2, 2) for key in stream.keys()})
+        >>> later.get(conv).sum().item(), stream.get(conv).sum().item()
+        (4.0, 0.0)
+        """
+        state = StreamState()
+        state._tensors = dict(tensors)
+        state._cached = self._cached
+        return state
 
     def nbytes(self) -> int:
         """Bytes held by the carried tensors (they do not grow with the stream)."""
