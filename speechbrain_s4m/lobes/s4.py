@@ -297,7 +297,7 @@ class ScannedS4(nn.Module):
 
     @property
     def max_frames(self) -> int:
-        """The longest input the scans cover."""
+        """The longest input the scan covers."""
         return self.scan.max_frames
 
     def kernel_spectrum(self, length: int) -> None:
