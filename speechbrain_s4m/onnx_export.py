@@ -58,6 +58,7 @@ from speechbrain_s4m.lobes.s4 import ScannedS4
 from speechbrain_s4m.lobes.s4_recurrence import MAX_CHUNK
 from speechbrain_s4m.lobes.s4m import ResidualS4, S4MMaskNet
 from speechbrain_s4m.metrics import si_snr
+from speechbrain_s4m.onnx_lowering import translation_table
 from speechbrain_s4m.onnx_runtime import METADATA
 from speechbrain_s4m.separator import EncoderMaskerDecoder, first_layer
 from speechbrain_s4m.streaming import StreamingSeparator
@@ -266,6 +267,7 @@ def trace_separator(model: EncoderMaskerDecoder, directory: str) -> Dict[str, ob
             dynamo=True,
             opset_version=OPSET,
             optimize=False,  # onnxruntime optimises the graph itself; torch.onnx's pass is slower to export
+            custom_translation_table=translation_table(),  # gLN statistics as exact as PyTorch's
             input_names=["mixture", "signal_frames"],
             output_names=["sources"],
             dynamic_shapes=({0: torch.export.Dim("batch", min=1), 1: time}, None),
@@ -438,6 +440,7 @@ def trace_stream_step(streaming: StreamingSeparator, blocks: int, directory: str
             dynamo=True,
             opset_version=OPSET,
             optimize=False,  # as for the separator
+            custom_translation_table=translation_table(),
             input_names=input_names,
             output_names=output_names,
         )

@@ -151,7 +151,9 @@ class LocalAttention(nn.Module):
 
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor, stream: Optional[StreamState] = None) -> torch.Tensor:
         """``fine [B, C, L]``, ``coarse [B, C, L / r]`` -> ``[B, C, L]``."""
-        rho, tau = gated_embeddings(coarse, [self.gate_embedding, self.global_embedding], stream).unbind(1)
+        rho, tau = (
+            e.squeeze(1) for e in gated_embeddings(coarse, [self.gate_embedding, self.global_embedding], stream)
+        )
         return self.combine(self.local_embedding(fine, stream), rho, tau)
 
     @staticmethod
@@ -247,17 +249,17 @@ def gated_embeddings(
 
     Returns
     -------
-    torch.Tensor
-        ``[B, G, C, L]`` with ``G = len(embeddings)``: ``rho`` at even ``g``,
-        ``tau`` at odd ``g``.
+    tuple of torch.Tensor
+        ``rho`` and ``tau``, each ``[B, G / 2, C, L]`` with ``G = len(embeddings)``:
+        index ``g`` holds the pair of the ``g``-th attention.
 
     Example
     -------
     >>> attention = LocalAttention(channels=8, kernel_size=5)
     >>> pair = [attention.gate_embedding, attention.global_embedding]
-    >>> out = gated_embeddings(torch.randn(2, 8, 10), pair)
-    >>> out.shape, bool((out[:, 0] > 0).all())
-    (torch.Size([2, 2, 8, 10]), True)
+    >>> rho, tau = gated_embeddings(torch.randn(2, 8, 10), pair)
+    >>> rho.shape, tau.shape, bool((rho > 0).all())
+    (torch.Size([2, 1, 8, 10]), torch.Size([2, 1, 8, 10]), True)
     """
     batch, C, L = x.shape
     G, norms = len(embeddings), [f[1] for f in embeddings]
@@ -268,8 +270,8 @@ def gated_embeddings(
     else:  # per frame: over the C channels of each group
         y = F.layer_norm(y.transpose(2, 3), (C,), eps=norms[0].eps).transpose(2, 3)
         y = torch.addcmul(bias.view(G, C, 1), y, weight.view(G, C, 1))
-    y[:, 0::2].sigmoid_()  # rho = sigmoid(f_gate(x)); GroupNorm's backward keeps its input
-    return y
+    gates, embeddings = y.view(batch, G // 2, 2, C, L).unbind(2)  # f_gate(x), f_global(x)
+    return gates.sigmoid(), embeddings  # out of place: in an ONNX graph, no scatter into y
 
 
 def add_residual(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -422,7 +424,7 @@ class S4MBlock(nn.Module):
         """Local attention of every scale ``F_i`` with ``F_m``; the gate and global
         embeddings of all scales act on the same ``F_m`` and are computed together
         (:func:`gated_embeddings`, ``2 S`` groups of one GroupNorm)."""
-        embeddings = gated_embeddings(
+        rhos, taus = gated_embeddings(
             global_feature,
             [
                 module
@@ -430,11 +432,11 @@ class S4MBlock(nn.Module):
                 for module in (attention.gate_embedding, attention.global_embedding)
             ],
             stream,
-        ).unbind(1)  # rho_0, tau_0, rho_1, ... (unbind: a cheap backward, unlike indexing)
+        )  # [B, S, C, L / 2^(S-1)] each
         return [
-            LocalAttention.combine(attention.local_embedding(f, stream), *embeddings[2 * i : 2 * i + 2])
-            for i, (attention, f) in enumerate(zip(self.scale_attention, scales))
-        ]
+            LocalAttention.combine(attention.local_embedding(f, stream), rho, tau)
+            for attention, f, rho, tau in zip(self.scale_attention, scales, rhos.unbind(1), taus.unbind(1))
+        ]  # unbind: a cheap backward, unlike indexing
 
     def forward(
         self,
@@ -616,9 +618,15 @@ class S4MMaskNet(nn.Module):
             return self.norm(x)
         x, weights = x.float(), signal.float()  # float32 statistics, as GroupNorm's under autocast
         count = weights.sum() * x.shape[1]
-        mean = (x * weights).sum((1, 2), keepdim=True) / count  # [B, 1, 1]
+
+        def total(values: torch.Tensor) -> torch.Tensor:  # [B, E, L] -> [B, 1, 1]
+            # over each channel's frames, then over the channels: in an ONNX graph, one
+            # float32 sum over E * L values loses 1e-4 at a minute of audio
+            return (values * weights).sum(-1, keepdim=True).sum(1, keepdim=True)
+
+        mean = total(x) / count
         centred = x - mean
-        variance = (centred.square() * weights).sum((1, 2), keepdim=True) / count
+        variance = total(centred.square()) / count
         normalised = centred * torch.rsqrt(variance + self.norm.eps)
         return torch.addcmul(self.norm.bias[:, None], normalised, self.norm.weight[:, None])
 
