@@ -11,6 +11,18 @@ PyTorch's ``1e-7``, enough to fail the export's parity check on full-size S4M.
 taken in two steps: means over each channel's frames, then over the channels of the
 group (``7e-7`` there), and is no slower under onnxruntime.
 
+``speechbrain_s4m::broadcast_gate`` (the local attention's ``a' * up(rho) + up(tau)``,
+an operator of the lobes so that it is lowered whole): PyTorch computes it on
+broadcast views, which onnxruntime evaluates a few elements at a time (3.6 ms for
+``512 x 1000`` frames at ``r = 2``); :func:`broadcast_gate` upsamples with ``Resize``
+and multiplies and adds tensors of one shape (0.8 ms).
+
+``speechbrain_s4m::pairwise_mean`` (average pooling of two frames, a mean of strided
+slices in PyTorch): one ``AveragePool``.
+
+Each lowering computes its operator's function (the export's parity check compares
+the whole graph with PyTorch), so the lobes keep one implementation.
+
 Legend: ``N`` batch, ``C`` channels, ``G`` groups, ``L`` the trailing (time) size.
 
 Authors
@@ -60,9 +72,38 @@ def _group_norm(input, weight, bias, group: int, eps: float):
     return out, op.Reshape(mean, statistics_shape), op.Reshape(rstd, statistics_shape)
 
 
+def broadcast_gate(local, rho, tau):
+    """``speechbrain_s4m::broadcast_gate(local [B, C, L], rho [B, C, L / r], tau)``
+    (:func:`speechbrain_s4m.lobes.s4m.broadcast_gate`): ``local * up(rho) + up(tau)``
+    with ``up`` a nearest-neighbour ``Resize`` to ``L`` frames (source frame
+    ``floor(t / r)``, exact for an integer ``r``)."""
+    sizes = op.Shape(local)
+    same_length = local.shape is not None and rho.shape is not None and local.shape[-1] == rho.shape[-1]
+
+    def upsampled(x):  # r = 1 where the traced lengths are one symbol (F_m and the coarsest scale)
+        if same_length:
+            return x
+        return op.Resize(
+            x, None, None, sizes, mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"
+        )
+
+    return op.Add(op.Mul(local, upsampled(rho)), upsampled(tau))
+
+
+def pairwise_mean(x):
+    """``speechbrain_s4m::pairwise_mean(x [B, C, L]) -> [B, C, L / 2]``
+    (:func:`speechbrain_s4m.lobes.s4m.pairwise_mean`): one ``AveragePool`` of two
+    frames, stride two."""
+    return op.AveragePool(x, kernel_shape=[2], strides=[2])
+
+
 def translation_table() -> Dict[object, object]:
     """The ``custom_translation_table`` of ``torch.onnx.export`` for both graphs."""
+    import speechbrain_s4m.lobes.s4m  # noqa: F401 (defines torch.ops.speechbrain_s4m)
+
     return {
         torch.ops.aten.group_norm.default: group_norm,
         torch.ops.aten.native_group_norm.default: native_group_norm,
+        torch.ops.speechbrain_s4m.broadcast_gate.default: broadcast_gate,
+        torch.ops.speechbrain_s4m.pairwise_mean.default: pairwise_mean,
     }

@@ -49,6 +49,7 @@ from speechbrain_s4m.lobes.s4 import S4
 from speechbrain_s4m.lobes.stream_state import StreamState
 
 NORM_EPS = 1e-8
+OPERATOR_NAMESPACE = "speechbrain_s4m"  # torch.ops.speechbrain_s4m: operators an ONNX export lowers whole
 
 
 def global_layer_norm(channels: int) -> nn.GroupNorm:
@@ -92,8 +93,33 @@ def pooled_sum(scales: Sequence[torch.Tensor]) -> torch.Tensor:
     """
     total = scales[0]
     for f in scales[1:]:
-        total = torch.lerp(total[..., 0::2], total[..., 1::2], 0.5) + f
+        total = pairwise_mean(total) + f
     return total
+
+
+@torch.library.custom_op(f"{OPERATOR_NAMESPACE}::pairwise_mean", mutates_args=())
+def pairwise_mean(x: torch.Tensor) -> torch.Tensor:
+    """``pool2``: the means of the even and odd frames, ``[B, C, L] -> [B, C, L / 2]``
+    for an even ``L``, with its backward written out (half the gradient to each of
+    the two frames).
+
+    An operator of its own (``torch.ops.speechbrain_s4m.pairwise_mean``), so that an
+    ONNX export lowers it to one ``AveragePool`` (:mod:`speechbrain_s4m.onnx_lowering`)
+    instead of strided slices, which onnxruntime copies an element at a time.
+    """
+    return torch.lerp(x[..., 0::2], x[..., 1::2], 0.5)
+
+
+@pairwise_mean.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], x.shape[-1] // 2)
+
+
+def _pairwise_mean_backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    return (0.5 * grad)[..., None].expand(*grad.shape, 2).flatten(-2)
+
+
+pairwise_mean.register_autograd(_pairwise_mean_backward)
 
 
 class ConvNorm(nn.Sequential):
@@ -159,17 +185,28 @@ class LocalAttention(nn.Module):
     @staticmethod
     def combine(local: torch.Tensor, rho: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """``a' * up(rho) + up(tau)`` for ``a' [B, C, L]`` and ``rho, tau [B, C, L / r]``,
-        as one multiply-add on broadcast views: nearest-neighbour upsampling by the
-        integer factor ``r`` repeats each coarse frame over ``r`` fine frames, so no
-        upsampled tensor is built.
+        as one multiply-add on broadcast views (:func:`broadcast_gate`):
+        nearest-neighbour upsampling by the integer factor ``r`` repeats each coarse
+        frame over ``r`` fine frames, so no upsampled tensor is built.
 
         Example
         -------
         >>> local, rho, tau = torch.ones(1, 1, 4), torch.tensor([[[2.0, 3.0]]]), torch.zeros(1, 1, 2)
         >>> LocalAttention.combine(local, rho, tau)
         tensor([[[2., 2., 3., 3.]]])
+        >>> local = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+        >>> rho, tau = (torch.randn(2, 3, 2, dtype=torch.float64, requires_grad=True) for _ in "12")
+        >>> torch.autograd.gradcheck(LocalAttention.combine, (local, rho, tau))
+        True
         """
-        return BroadcastGate.apply(local, rho, tau)
+        batch, C, length = local.shape
+        if length % rho.shape[-1] or rho.shape != tau.shape or rho.shape[:2] != local.shape[:2]:
+            raise ValueError(
+                f"LocalAttention: expected rho and tau of shape [{batch}, {C}, L / r] for a "
+                f"fine input of shape {tuple(local.shape)} and an integer r, got "
+                f"{tuple(rho.shape)} and {tuple(tau.shape)}"
+            )
+        return broadcast_gate(local, rho, tau)
 
 
 def sum_of_runs(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -191,49 +228,51 @@ def sum_of_runs(x: torch.Tensor, factor: int) -> torch.Tensor:
     return x
 
 
-class BroadcastGate(torch.autograd.Function):
-    """``a' * up(rho) + up(tau)`` (see :meth:`LocalAttention.combine`) with its backward
-    pass written out: the gradients of ``rho`` and ``tau`` are :func:`sum_of_runs` of
-    ``g * a'`` and ``g``.
+@torch.library.custom_op(f"{OPERATOR_NAMESPACE}::broadcast_gate", mutates_args=())
+def broadcast_gate(local: torch.Tensor, rho: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """``a' * up(rho) + up(tau)`` for ``a' [B, C, L]`` and ``rho, tau [B, C, L / r]`` (see
+    :meth:`LocalAttention.combine`, which checks the shapes), as one multiply-add over
+    broadcast views, and with its backward pass written out: the gradients of
+    ``rho`` and ``tau`` are :func:`sum_of_runs` of ``g * a'`` and ``g``.
 
-    Example
-    -------
-    >>> local = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
-    >>> rho, tau = (torch.randn(2, 3, 2, dtype=torch.float64, requires_grad=True) for _ in "12")
-    >>> torch.autograd.gradcheck(BroadcastGate.apply, (local, rho, tau))
-    True
+    An operator of its own (``torch.ops.speechbrain_s4m.broadcast_gate``), so that an
+    ONNX export lowers it as a whole, to ``Resize`` and a multiply-add
+    (:mod:`speechbrain_s4m.onnx_lowering`): onnxruntime repeats frames several times
+    faster than it broadcasts over a trailing axis of ``r``.
     """
+    batch, C, length = local.shape
+    fine = local.reshape(batch, C, rho.shape[-1], -1)  # [B, C, L / r, r]
+    return torch.addcmul(tau[..., None], fine, rho[..., None]).view(batch, C, length)
 
-    @staticmethod
-    def forward(ctx, local: torch.Tensor, rho: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        batch, C, length = local.shape
-        coarse = rho.shape[-1]
-        if length % coarse or rho.shape != tau.shape or rho.shape[:2] != local.shape[:2]:
-            raise ValueError(
-                f"LocalAttention: expected rho and tau of shape [{batch}, {C}, L / r] for a "
-                f"fine input of shape {tuple(local.shape)} and an integer r, got "
-                f"{tuple(rho.shape)} and {tuple(tau.shape)}"
-            )
-        ctx.save_for_backward(local, rho)
-        ctx.dtypes = (local.dtype, rho.dtype, tau.dtype)
-        fine = local.reshape(batch, C, coarse, length // coarse)  # [B, C, L / r, r]
-        return torch.addcmul(tau[..., None], fine, rho[..., None]).view(batch, C, length)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        local, rho = ctx.saved_tensors
-        batch, C, length = local.shape
-        factor = length // rho.shape[-1]
-        grad_local = grad_rho = grad_tau = None
-        if ctx.needs_input_grad[0]:
-            grad_local = (grad.reshape(batch, C, -1, factor) * rho[..., None]).view(batch, C, length)
-            grad_local = grad_local.to(ctx.dtypes[0])
-        if ctx.needs_input_grad[1]:
-            grad_rho = sum_of_runs(grad * local, factor).to(ctx.dtypes[1])
-        if ctx.needs_input_grad[2]:
-            grad_tau = sum_of_runs(grad, factor).to(ctx.dtypes[2])
-        return grad_local, grad_rho, grad_tau
+@broadcast_gate.register_fake
+def _(local: torch.Tensor, rho: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    dtype = torch.promote_types(torch.promote_types(tau.dtype, local.dtype), rho.dtype)
+    return local.new_empty(local.shape, dtype=dtype)
+
+
+def _broadcast_gate_context(ctx, inputs, output) -> None:
+    local, rho, tau = inputs
+    ctx.save_for_backward(local, rho)
+    ctx.dtypes = (local.dtype, rho.dtype, tau.dtype)
+
+
+def _broadcast_gate_backward(ctx, grad: torch.Tensor):
+    local, rho = ctx.saved_tensors
+    batch, C, length = local.shape
+    factor = length // rho.shape[-1]
+    grad_local = grad_rho = grad_tau = None
+    if ctx.needs_input_grad[0]:
+        grad_local = (grad.reshape(batch, C, -1, factor) * rho[..., None]).view(batch, C, length)
+        grad_local = grad_local.to(ctx.dtypes[0])
+    if ctx.needs_input_grad[1]:
+        grad_rho = sum_of_runs(grad * local, factor).to(ctx.dtypes[1])
+    if ctx.needs_input_grad[2]:
+        grad_tau = sum_of_runs(grad, factor).to(ctx.dtypes[2])
+    return grad_local, grad_rho, grad_tau
+
+
+broadcast_gate.register_autograd(_broadcast_gate_backward, setup_context=_broadcast_gate_context)
 
 
 def gated_embeddings(

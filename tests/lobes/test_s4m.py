@@ -186,3 +186,19 @@ def test_signal_frames_make_padding_to_whole_blocks_invisible(causal, length):
     assert masks.shape == (2, 2, 9, length + extra)
     assert torch.allclose(masks[..., :length], expected, atol=1e-5)
     assert not masks[..., length:].any()
+
+
+@pytest.mark.parametrize("factor", [1, 2, 8])
+def test_the_lobes_operators_pass_torch_opcheck(factor):
+    # The two operators that an ONNX export lowers whole: their fake (shape) and
+    # autograd registrations agree with the computation.
+    from speechbrain_s4m.lobes.s4m import broadcast_gate, pairwise_mean
+
+    local = torch.randn(2, 3, 16, dtype=torch.float64, requires_grad=True)
+    rho, tau = (torch.randn(2, 3, 16 // factor, dtype=torch.float64, requires_grad=True) for _ in "12")
+    torch.library.opcheck(broadcast_gate, (local, rho, tau))
+    torch.library.opcheck(pairwise_mean, (local,))
+    assert torch.autograd.gradcheck(pairwise_mean, (local,))
+    expected = local * rho.repeat_interleave(factor, -1) + tau.repeat_interleave(factor, -1)
+    assert torch.allclose(broadcast_gate(local, rho, tau), expected)
+    assert torch.allclose(pairwise_mean(local), local.view(2, 3, 8, 2).mean(-1))
