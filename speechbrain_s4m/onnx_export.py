@@ -57,6 +57,7 @@ from speechbrain_s4m.export import load_exported
 from speechbrain_s4m.lobes.s4 import ScannedS4
 from speechbrain_s4m.lobes.s4_recurrence import MAX_CHUNK
 from speechbrain_s4m.lobes.s4m import ResidualS4, S4MMaskNet
+from speechbrain_s4m.lobes.stream_state import StreamState
 from speechbrain_s4m.metrics import si_snr
 from speechbrain_s4m.onnx_lowering import translation_table
 from speechbrain_s4m.onnx_runtime import METADATA
@@ -78,10 +79,10 @@ class StreamStep(nn.Module):
     """One step of a :class:`~speechbrain_s4m.streaming.StreamingSeparator` over ``F``
     frames, with its state as explicit tensors in and out, for tracing.
 
-    It runs the separator's own step (``_separate_frames``): a warm-up step on zeros
-    finds the state tensors the stream carries (their modules, unfolded passes and
-    shapes) and builds the S4 recurrences, which the traced step then holds as
-    constants.
+    It runs the separator's own :meth:`~speechbrain_s4m.streaming.StreamingSeparator.step`:
+    a warm-up step on zeros, from a state of its own, finds the state tensors the
+    stream carries (their modules, unfolded passes and shapes) and builds the S4
+    recurrences, which the traced step then holds as constants.
 
     Arguments
     ---------
@@ -113,15 +114,14 @@ class StreamStep(nn.Module):
         self.frames = blocks * streaming.block_frames
         self.hop_samples = self.frames * streaming.stride
         self.window_samples = self.hop_samples + streaming.kernel - streaming.stride
-        streaming.reset()
+        state, tail = StreamState(), streaming.initial_tail()  # the stream's own state is left as it is
         with torch.no_grad():
-            streaming._separate_frames(torch.zeros(self.window_samples, device=streaming.device), self.frames)
-        self._warm = streaming._state
-        self._keys = self._warm.keys()  # (unfolded pass, module), in the order the step sets them
+            streaming.step(torch.zeros(self.window_samples, device=streaming.device), self.frames, state, tail)
+        self._warm = state
+        self._keys = state.keys()  # (unfolded pass, module), in the order the step sets them
         names = {module: name for name, module in self.model.masknet.named_modules()}
         self.state_names = ["decoder_tail"] + [f"pass{scope}.{names[module]}" for scope, module in self._keys]
-        self.state_shapes = [tuple(streaming._tail.shape)] + [tuple(self._warm.tensor(k).shape) for k in self._keys]
-        streaming.reset()
+        self.state_shapes = [tuple(tail.shape)] + [tuple(state.tensor(k).shape) for k in self._keys]
 
     def initial_state(self) -> List[torch.Tensor]:
         """The state at the start of a stream: zeros."""
@@ -134,9 +134,8 @@ class StreamStep(nn.Module):
         whose later frames are padding) and the state -> ``sources [F S, C]`` and the
         new state."""
         carried = self._warm.continued(dict(zip(self._keys, state[1:])))  # the S4 recurrences built once
-        self.streaming._state, self.streaming._tail = carried, state[0]
-        sources = self.streaming._separate_frames(window, self.frames, signal_frames)
-        return (sources, self.streaming._tail, *[carried.tensor(k) for k in self._keys])
+        sources, tail = self.streaming.step(window, self.frames, carried, state[0], signal_frames)
+        return (sources, tail, *[carried.tensor(k) for k in self._keys])
 
 
 def compare(onnx_out: np.ndarray, torch_out: np.ndarray) -> Dict[str, float]:

@@ -61,8 +61,11 @@ def read_metadata(model_dir: str, graph: str) -> dict:
 
 def inference_session(model_dir: str, file: str, threads: Optional[int]) -> ort.InferenceSession:
     """An onnxruntime CPU session on ``model_dir/file``, with ``threads`` intra-op
-    threads (onnxruntime's default when None)."""
+    threads (onnxruntime's default when None). Its log shows errors only: the
+    warnings it prints while optimising these graphs (a ``CastLike`` it cannot fold
+    ahead of time) leave the results unchanged."""
     options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors
     if threads is not None:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(os.path.join(model_dir, file), options, providers=["CPUExecutionProvider"])

@@ -20,7 +20,7 @@ Authors
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -127,7 +127,7 @@ class StreamingSeparator:
         """Forget the stream: the next :meth:`process` starts a new signal."""
         self._state = StreamState()
         self._pending = torch.zeros(0, device=self.device)  # samples from the next frame's start on
-        self._tail = torch.zeros(self.num_spks, self.kernel - self.stride, device=self.device)
+        self._tail = self.initial_tail()
         self._received = 0
         self._emitted = 0
         self._chunks = 0
@@ -153,21 +153,40 @@ class StreamingSeparator:
             )
         return chunk
 
-    def _separate_frames(
-        self, samples: torch.Tensor, frames: int, signal_frames: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        """Encode ``frames`` frames from ``samples`` (exactly ``(frames - 1) S + K``),
-        mask them with the carried state, decode and overlap-add: the finished
-        samples ``[frames * S, C]``; the rest stays in the tail. In the last chunk,
-        the frames from ``signal_frames`` on are padding (their masks are zero)."""
-        separated = self.model.separate_frames(samples[None], stream=self._state, signal_frames=signal_frames)
+    def initial_tail(self) -> torch.Tensor:
+        """The decoder's overlap-add tail at the start of a stream: zeros ``[C, K - S]``."""
+        return torch.zeros(self.num_spks, self.kernel - self.stride, device=self.device)
+
+    def step(
+        self,
+        samples: torch.Tensor,
+        frames: int,
+        state: StreamState,
+        tail: torch.Tensor,
+        signal_frames: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One step as a function of what a stream carries: encode ``frames`` frames from
+        ``samples`` (exactly ``(frames - 1) S + K``), mask them continuing ``state``
+        (which the step advances), decode, and overlap-add onto ``tail`` (``[C, K - S]``,
+        see :meth:`initial_tail`). In the last chunk, the frames from
+        ``signal_frames`` on are padding (their masks are zero).
+
+        :meth:`process` and :meth:`flush` run it on the stream's own state; the ONNX
+        stream step traces it.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            The finished samples ``[frames * S, C]`` and the new tail ``[C, K - S]``.
+        """
+        separated = self.model.separate_frames(samples[None], stream=state, signal_frames=signal_frames)
         waveforms = separated[0].T  # [C, (frames - 1) S + K]
-        waveforms[:, : self.kernel - self.stride] += self._tail
+        waveforms[:, : self.kernel - self.stride] += tail
         done = frames * self.stride
-        self._tail = waveforms[:, done:].clone()
+        tail = waveforms[:, done:].clone()
         if self._decoder_bias is not None:  # added once per sample, not once per chunk
-            self._tail -= self._decoder_bias
-        return waveforms[:, :done].T  # [frames * S, C]
+            tail -= self._decoder_bias
+        return waveforms[:, :done].T, tail  # [frames * S, C], [C, K - S]
 
     @torch.inference_mode()
     def process(self, chunk: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
@@ -181,7 +200,8 @@ class StreamingSeparator:
         frames = 0 if ready < 0 else (ready // self.stride + 1) // self.block_frames * self.block_frames
         if frames == 0:
             return torch.zeros(0, self.num_spks)
-        out = self._separate_frames(self._pending[: (frames - 1) * self.stride + self.kernel], frames)
+        samples = self._pending[: (frames - 1) * self.stride + self.kernel]
+        out, self._tail = self.step(samples, frames, self._state, self._tail)
         self._pending = self._pending[frames * self.stride :].clone()
         self._emitted += out.shape[0]
         return out.cpu()
@@ -199,7 +219,8 @@ class StreamingSeparator:
             whole = whole_blocks(frames, self.block_frames)
             needed = (whole - 1) * self.stride + self.kernel
             samples = torch.cat([self._pending, self._pending.new_zeros(needed - pending)])
-            finished = self._separate_frames(samples, whole, torch.tensor(frames, device=self.device))
+            signal_frames = torch.tensor(frames, device=self.device)
+            finished, self._tail = self.step(samples, whole, self._state, self._tail, signal_frames)
         out = torch.cat([finished, self._tail.T])[:remaining]
         self.reset()
         return out.cpu()
