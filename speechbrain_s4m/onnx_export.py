@@ -260,18 +260,14 @@ def trace_separator(model: EncoderMaskerDecoder, directory: str) -> Dict[str, ob
     example_frames = (2 * MAX_CHUNK + 3) * P
     example = (torch.zeros(2, (example_frames - 1) * S + K), torch.tensor(example_frames - 3))
     with torch.no_grad(), size_oblivious_tracing():
-        program = torch.onnx.export(
+        export_program(
             graph,
             example,
-            dynamo=True,
-            opset_version=OPSET,
-            optimize=False,  # onnxruntime optimises the graph itself; torch.onnx's pass is slower to export
-            custom_translation_table=translation_table(),  # gLN statistics as exact as PyTorch's
+            os.path.join(directory, GRAPH_FILES["separator"]),
             input_names=["mixture", "signal_frames"],
             output_names=["sources"],
             dynamic_shapes=({0: torch.export.Dim("batch", min=1), 1: time}, None),
         )
-    program.save(os.path.join(directory, GRAPH_FILES["separator"]), external_data=False)
     return {
         "file": GRAPH_FILES["separator"],
         "inputs": ["mixture", "signal_frames"],
@@ -281,6 +277,25 @@ def trace_separator(model: EncoderMaskerDecoder, directory: str) -> Dict[str, ob
         "block_frames": P,
         "max_frames": graph.max_frames,
     }
+
+
+def export_program(module: nn.Module, inputs: Tuple[object, ...], path: str, **options) -> None:
+    """Export ``module`` on ``inputs`` to the ONNX file ``path`` as every graph of this
+    project is exported: torch.onnx's dynamo exporter at :data:`OPSET`, with the
+    lowerings of :mod:`speechbrain_s4m.onnx_lowering` (group norms as exact as
+    PyTorch's, the lobes' own operators), and without torch.onnx's optimisation pass
+    (onnxruntime optimises the graph itself, and the pass is slow to export).
+    ``options`` go to ``torch.onnx.export`` (names, dynamic shapes)."""
+    program = torch.onnx.export(
+        module,
+        inputs,
+        dynamo=True,
+        opset_version=OPSET,
+        optimize=False,
+        custom_translation_table=translation_table(),
+        **options,
+    )
+    program.save(path, external_data=False)
 
 
 def size_oblivious_tracing():
@@ -433,17 +448,13 @@ def trace_stream_step(streaming: StreamingSeparator, blocks: int, directory: str
     input_names = ["window", "signal_frames"] + [f"state.{n}" for n in step.state_names]
     output_names = ["sources"] + [f"next.{n}" for n in step.state_names]
     with torch.no_grad():
-        program = torch.onnx.export(
+        export_program(
             step,
             inputs,
-            dynamo=True,
-            opset_version=OPSET,
-            optimize=False,  # as for the separator
-            custom_translation_table=translation_table(),
+            os.path.join(directory, GRAPH_FILES["stream_step"]),
             input_names=input_names,
             output_names=output_names,
         )
-    program.save(os.path.join(directory, GRAPH_FILES["stream_step"]), external_data=False)
     return {
         "file": GRAPH_FILES["stream_step"],
         "frames": step.frames,

@@ -198,16 +198,9 @@ def test_group_norms_export_as_exactly_as_pytorch_computes_them_over_a_minute(tm
     model, x = _GroupNorms(64).eval(), torch.randn(2, 64, 60000) * 0.1 + 1.0
     path = str(tmp_path / "norms.onnx")
     with torch.no_grad():
-        program = torch.onnx.export(
-            model,
-            (x[..., :100],),
-            dynamo=True,
-            opset_version=onnx_export.OPSET,
-            optimize=False,
-            custom_translation_table=onnx_export.translation_table(),
-            dynamic_shapes=({0: torch.export.Dim("batch"), 2: torch.export.Dim("time")},),
+        onnx_export.export_program(
+            model, (x[..., :100],), path, dynamic_shapes=({0: torch.export.Dim("batch"), 2: torch.export.Dim("time")},)
         )
-        program.save(path)
         expected = model.double()(x.double()).numpy()
     assert "InstanceNormalization" not in {node.op_type for node in onnx.load(path).graph.node}
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
