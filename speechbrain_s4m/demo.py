@@ -43,7 +43,7 @@ class DemoBudget:
 
     The full demo trains a narrower, shallower S4M-tiny, by YAML overrides only:
     2 unfolded passes of a 128-channel block instead of 16 of 512, an 8 ms encoder
-    kernel with 256 basis channels instead of 4 ms and 17, batch 4 of random 2 s
+    kernel with 256 basis channels instead of 4 ms and 17, batch 8 of random 1 s
     crops, lr 2e-3, ``start_from_mixture`` (a decoder that inverts the encoder and
     masks near 1/2, so the first estimates are about half the mixture) and dynamic
     mixing of the training utterances. What each choice gave on a 2-core CPU is in
@@ -64,9 +64,9 @@ class DemoBudget:
             "--N_encoder_out=256",
             "--start_from_mixture=True",
             "--lr=0.002",
-            "--batch_size=4",
+            "--batch_size=8",
             "--limit_training_signal_len=True",
-            "--training_signal_len=16000",
+            "--training_signal_len=8000",
             "--use_speedperturb=False",
             "--threshold_byloss=False",
             "--N_epochs=1000",
