@@ -52,9 +52,9 @@ class DemoBudget:
     num_train: int = 2000
     num_dev: int = 40
     num_test: int = 100
-    train_steps: int = 2400
+    train_steps: int = 3600
     warmup_steps: int = 100
-    train_minutes: float = 13.0
+    train_minutes: float = 12.0
     dynamic_mixing: bool = True
     overrides: List[str] = field(
         default_factory=lambda: [
