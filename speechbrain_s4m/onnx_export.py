@@ -45,7 +45,7 @@ import shutil
 import sys
 import tempfile
 from functools import partial
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -57,12 +57,11 @@ from speechbrain_s4m.export import load_exported
 from speechbrain_s4m.lobes.s4 import ScannedS4
 from speechbrain_s4m.lobes.s4_recurrence import MAX_CHUNK
 from speechbrain_s4m.lobes.s4m import ResidualS4, S4MMaskNet
-from speechbrain_s4m.lobes.stream_state import StreamState
 from speechbrain_s4m.metrics import si_snr
 from speechbrain_s4m.onnx_lowering import translation_table
 from speechbrain_s4m.onnx_runtime import METADATA
 from speechbrain_s4m.separator import EncoderMaskerDecoder, first_layer
-from speechbrain_s4m.streaming import StreamingSeparator
+from speechbrain_s4m.streaming import StreamingSeparator, StreamStep
 
 GRAPH_FILES = {"separator": "separator.onnx", "stream_step": "stream_step.onnx"}  # file of each graph
 OPSET = 18
@@ -73,69 +72,6 @@ PEAK_TOLERANCE = 1e-4  # largest |onnx - torch| over the peak |torch|
 SI_SNR_FLOOR_DB = 80.0
 CHECK_SECONDS = 7.3
 SHORT_CHECK_SECONDS = 0.37  # the separator is also checked on a batch of two excerpts this long
-
-
-class StreamStep(nn.Module):
-    """One step of a :class:`~speechbrain_s4m.streaming.StreamingSeparator` over ``F``
-    frames, with its state as explicit tensors in and out, for tracing.
-
-    It runs the separator's own :meth:`~speechbrain_s4m.streaming.StreamingSeparator.step`:
-    a warm-up step on zeros, from a state of its own, finds the state tensors the
-    stream carries (their modules, unfolded passes and shapes) and builds the S4
-    recurrences, which the traced step then holds as constants.
-
-    Arguments
-    ---------
-    streaming : StreamingSeparator
-        The stream of a causal model.
-    blocks : int
-        Blocks of ``2^(S-1)`` frames per step.
-
-    Example
-    -------
-    >>> from speechbrain.lobes.models.dual_path import Decoder
-    >>> from speechbrain_s4m.lobes import S4MMaskNet, WaveformEncoder
-    >>> stream = StreamingSeparator(WaveformEncoder(32), S4MMaskNet(17, hidden_channels=16,
-    ...     num_blocks=1, causal=True), Decoder(17, 1, 32, stride=8, bias=False))
-    >>> step = StreamStep(stream, blocks=2)
-    >>> step.window_samples, len(step.state_names)
-    (152, 18)
-    >>> out, *state = step(torch.zeros(152), torch.tensor(16), *step.initial_state())
-    >>> out.shape
-    torch.Size([128, 2])
-    """
-
-    def __init__(self, streaming: StreamingSeparator, blocks: int):
-        super().__init__()
-        if blocks < 1:
-            raise ValueError(f"StreamStep: expected at least one block per step, got {blocks}")
-        self.streaming = streaming
-        self.model = streaming.model  # registered, so that the traced graph holds its weights
-        self.frames = blocks * streaming.block_frames
-        self.hop_samples = self.frames * streaming.stride
-        self.window_samples = self.hop_samples + streaming.kernel - streaming.stride
-        state, tail = StreamState(), streaming.initial_tail()  # the stream's own state is left as it is
-        with torch.no_grad():
-            streaming.step(torch.zeros(self.window_samples, device=streaming.device), self.frames, state, tail)
-        self._warm = state
-        self._keys = state.keys()  # (unfolded pass, module), in the order the step sets them
-        names = {module: name for name, module in self.model.masknet.named_modules()}
-        self.state_names = ["decoder_tail"] + [f"pass{scope}.{names[module]}" for scope, module in self._keys]
-        self.state_shapes = [tuple(tail.shape)] + [tuple(state.tensor(k).shape) for k in self._keys]
-
-    def initial_state(self) -> List[torch.Tensor]:
-        """The state at the start of a stream: zeros."""
-        return [torch.zeros(shape, device=self.streaming.device) for shape in self.state_shapes]
-
-    def forward(
-        self, window: torch.Tensor, signal_frames: torch.Tensor, *state: torch.Tensor
-    ) -> Tuple[torch.Tensor, ...]:
-        """``window [F S + K - S]``, ``signal_frames`` (``F``, or fewer in the last step,
-        whose later frames are padding) and the state -> ``sources [F S, C]`` and the
-        new state."""
-        carried = self._warm.continued(dict(zip(self._keys, state[1:])))  # the S4 recurrences built once
-        sources, tail = self.streaming.step(window, self.frames, carried, state[0], signal_frames)
-        return (sources, tail, *[carried.tensor(k) for k in self._keys])
 
 
 def compare(onnx_out: np.ndarray, torch_out: np.ndarray) -> Dict[str, float]:

@@ -10,7 +10,8 @@ from one step to the next, and ends the stream with
 :meth:`~OnnxStreamingSeparator.flush`.
 
 This module imports numpy and onnxruntime, and soundfile for files; of this package
-only the plain-Python :mod:`speechbrain_s4m.frame_geometry`, and not torch.
+only the plain-Python :mod:`speechbrain_s4m.frame_geometry` and
+:mod:`speechbrain_s4m.step_stream` (the buffering of a fixed-size step), and not torch.
 
 Example (with a folder written by ``s4m-export-onnx``)::
 
@@ -28,7 +29,8 @@ from typing import List, Optional
 import numpy as np
 import onnxruntime as ort
 
-from speechbrain_s4m.frame_geometry import encoder_frames, final_frames, whole_blocks
+from speechbrain_s4m.frame_geometry import encoder_frames, whole_blocks
+from speechbrain_s4m.step_stream import FixedStepStream, checked_signal
 
 __all__ = ["OnnxSeparator", "OnnxStreamingSeparator"]
 
@@ -71,21 +73,7 @@ def inference_session(model_dir: str, file: str, threads: Optional[int]) -> ort.
     return ort.InferenceSession(os.path.join(model_dir, file), options, providers=["CPUExecutionProvider"])
 
 
-def checked_signal(signal: np.ndarray, what: str, shape: str = "[time]") -> np.ndarray:
-    """``signal`` as float32 of the rank ``shape`` names (``"[time]"`` or ``"[batch,
-    time]"``); ``ValueError`` naming the shape expected or the count of NaN / Inf
-    samples."""
-    signal = np.asarray(signal)
-    if signal.ndim != shape.count(",") + 1:
-        raise ValueError(f"{what}: expected mono samples of shape {shape}, got shape {signal.shape}")
-    signal = signal.astype(np.float32, copy=False)
-    bad = int(signal.size - np.isfinite(signal).sum())
-    if bad:
-        raise ValueError(f"{what} holds {bad} non-finite (NaN or Inf) of {signal.size} samples")
-    return signal
-
-
-class OnnxStreamingSeparator:
+class OnnxStreamingSeparator(FixedStepStream):
     """Separate a stream chunk by chunk with ``stream_step.onnx``.
 
     Arguments
@@ -109,64 +97,29 @@ class OnnxStreamingSeparator:
         metadata = read_metadata(model_dir, "stream_step")
         step = metadata["stream_step"]
         self.session = inference_session(model_dir, step["file"], threads)
-        self.sample_rate = int(metadata["sample_rate"])
-        self.num_spks = int(metadata["num_spks"])
-        self.frames = int(step["frames"])
-        self.hop_samples = int(step["hop_samples"])
-        self.window_samples = int(step["window_samples"])
-        self.kernel, self.stride = int(step["encoder_kernel"]), int(step["encoder_stride"])
-        self.latency_samples = int(step["latency_samples"])
         self._state_names = [entry["name"] for entry in step["state"]]
         self._state_shapes = [tuple(entry["shape"]) for entry in step["state"]]
-        self.reset()
+        super().__init__(
+            step["frames"],
+            step["encoder_kernel"],
+            step["encoder_stride"],
+            metadata["sample_rate"],
+            metadata["num_spks"],
+        )
+        if self.window_samples != int(step["window_samples"]):
+            raise ValueError(f"{model_dir}: onnx_model.json's stream step has an inconsistent window")
 
-    @property
-    def latency_seconds(self) -> float:
-        """:attr:`latency_samples` in seconds."""
-        return self.latency_samples / self.sample_rate
-
-    def reset(self) -> None:
-        """Forget the stream: the next :meth:`process` starts a new signal."""
+    def reset_state(self) -> None:
         self._state: List[np.ndarray] = [np.zeros(shape, np.float32) for shape in self._state_shapes]
-        self._pending = np.zeros(0, np.float32)  # samples from the next step's first frame on
-        self._received = 0
-        self._emitted = 0
-        self._chunks = 0
 
-    def _step(self, window: np.ndarray, signal_frames: int) -> np.ndarray:
+    def run_step(self, window: np.ndarray, signal_frames: int) -> np.ndarray:
         feeds = {"window": window, "signal_frames": np.array(signal_frames, dtype=np.int64)}
         feeds.update(zip(self._state_names, self._state))
         sources, *self._state = self.session.run(None, feeds)
         return sources  # [hop, spks]
 
-    def process(self, chunk: np.ndarray) -> np.ndarray:
-        """Feed the next samples ``[time]``; returns the separated samples they finish,
-        ``[time_out, spks]`` (possibly none)."""
-        index, self._chunks = self._chunks, self._chunks + 1
-        chunk = checked_signal(chunk, f"OnnxStreamingSeparator: chunk {index} (counting from 0)")
-        self._received += chunk.shape[0]
-        self._pending = np.concatenate([self._pending, chunk])
-        finished = []
-        while self._pending.shape[0] >= self.window_samples:
-            finished.append(self._step(self._pending[: self.window_samples], self.frames))
-            self._pending = self._pending[self.hop_samples :]
-        out = np.concatenate(finished) if finished else np.zeros((0, self.num_spks), np.float32)
-        self._emitted += out.shape[0]
-        return out
-
-    def flush(self) -> np.ndarray:
-        """End the stream: separate what is buffered (the last frames zero-padded, as
-        offline) and return the remaining samples, so that the output has the input's
-        length. The separator is then reset."""
-        pending, remaining = self._pending.shape[0], self._received - self._emitted
-        frames = final_frames(self._received, pending, self.kernel, self.stride)
-        finished = np.zeros((0, self.num_spks), np.float32)
-        if frames > 0:
-            window = np.concatenate([self._pending, np.zeros(self.window_samples - pending, np.float32)])
-            finished = self._step(window, frames)
-        out = np.concatenate([finished, self._state[0].T])[:remaining]  # state[0]: the decoder's tail
-        self.reset()
-        return out
+    def decoder_tail(self) -> np.ndarray:
+        return self._state[0]  # the first state tensor: the decoder's tail
 
 
 class OnnxSeparator:

@@ -1,9 +1,11 @@
 """``s4m-separate``: separate the speakers of recordings of any length with an
 exported model, in bounded memory (:class:`~speechbrain_s4m.long_audio.LongAudioSeparator`),
 or with ``--stream`` as a stream through a causal model, chunk by chunk in constant
-memory (:class:`~speechbrain_s4m.streaming.StreamingSeparator`). With ``--onnx`` the
-model is an ``s4m-export-onnx`` folder, run by onnxruntime: ``separator.onnx`` in the
-same chunks, or ``stream_step.onnx`` with ``--stream``.
+memory (:class:`~speechbrain_s4m.streaming.StreamingSeparator`; with ``--compile`` its
+step compiled by TorchInductor, :class:`~speechbrain_s4m.compiled_stream.
+CompiledStreamingSeparator`). With ``--onnx`` the model is an ``s4m-export-onnx``
+folder, run by onnxruntime: ``separator.onnx`` in the same chunks, or
+``stream_step.onnx`` with ``--stream``.
 
 Authors
  * speechbrain-s4m contributors
@@ -31,7 +33,7 @@ from speechbrain_s4m.resources import keep_freed_memory
 from speechbrain_s4m.streaming import StreamingSeparator, stream_file
 
 if TYPE_CHECKING:
-    from speechbrain_s4m.onnx_runtime import OnnxStreamingSeparator
+    from speechbrain_s4m.step_stream import FixedStepStream
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
@@ -106,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-ms", type=float, default=16.0, help="with --stream: milliseconds of audio per chunk (default 16)"
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="with --stream: compile the stream step (whole blocks nearest to --chunk-ms) with TorchInductor "
+        "first (minutes for a full-size model; needs a C++ compiler), for real-time speed on the CPU; "
+        "its latency is that of a step",
+    )
+    parser.add_argument(
         "--report",
         action="store_true",
         help="also write OUT/index.html: audio players for each mixture (copied as <name>_mix.wav) and its "
@@ -172,7 +181,7 @@ def show_progress(quiet: bool, stream=None) -> bool:
 
 
 def _stream_one(
-    separator: "StreamingSeparator | OnnxStreamingSeparator", path: str, outputs: List[str], args: argparse.Namespace
+    separator: "StreamingSeparator | FixedStepStream", path: str, outputs: List[str], args: argparse.Namespace
 ) -> bool:
     """Stream one file; print its summary line (or its error line) and say whether it
     was separated."""
@@ -209,6 +218,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return usage_error("s4m-separate", "--report needs whole recordings in memory; use it without --stream")
     if args.chunk_ms <= 0:
         return usage_error("s4m-separate", f"--chunk-ms must be positive, got {args.chunk_ms:g}")
+    if args.compile and (not args.stream or args.onnx or args.device != "cpu"):
+        return usage_error(
+            "s4m-separate", "--compile compiles the PyTorch stream on the CPU: use it with --stream alone"
+        )
     try:
         chunks = {"chunk_seconds": args.chunk_seconds, "overlap_seconds": args.overlap_seconds}
         if args.onnx and args.stream:
@@ -217,11 +230,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             separator = OnnxStreamingSeparator(args.model)
         elif args.onnx:
             separator = LongAudioSeparator.from_onnx(args.model, **chunks)
+        elif args.stream and args.compile:
+            from speechbrain_s4m.compiled_stream import CompiledStreamingSeparator
+
+            separator = CompiledStreamingSeparator.from_folder(args.model, chunk_ms=args.chunk_ms)
+            seconds = separator.compile_seconds
+            print(f"compiled the stream step of {separator.hop_samples} samples in {seconds:.0f} s", file=sys.stderr)
         elif args.stream:
             separator = StreamingSeparator.from_folder(args.model, device=args.device)
         else:
             separator = LongAudioSeparator.from_folder(args.model, device=args.device, **chunks)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
         return usage_error("s4m-separate", error)
     num_spks = separator.num_spks
     if args.report:

@@ -10,6 +10,10 @@ is the offline separation of the whole signal by the same lobes
 (:class:`~speechbrain_s4m.separator.EncoderMaskerDecoder`). Each call costs the same
 however much audio came before, and memory stays constant.
 
+:class:`StreamStep` is one step over a fixed number of frames as a pure function of
+the carried tensors: ``stream_step.onnx`` is traced from it, and
+:class:`~speechbrain_s4m.compiled_stream.CompiledStreamingSeparator` compiles it.
+
 Legend: ``T`` samples, ``E`` encoder channels, ``L`` frames, ``C`` speakers, ``K``
 encoder kernel, ``S`` encoder stride, ``P`` frames per block.
 
@@ -33,9 +37,9 @@ from speechbrain_s4m.resources import current_rss_bytes
 from speechbrain_s4m.separator import EncoderMaskerDecoder, first_layer
 
 if TYPE_CHECKING:
-    from speechbrain_s4m.onnx_runtime import OnnxStreamingSeparator
+    from speechbrain_s4m.step_stream import FixedStepStream
 
-__all__ = ["StreamingSeparator", "StreamReport", "stream_file"]
+__all__ = ["StreamingSeparator", "StreamStep", "StreamReport", "stream_file"]
 
 
 class StreamingSeparator:
@@ -226,6 +230,73 @@ class StreamingSeparator:
         return out.cpu()
 
 
+class StreamStep(nn.Module):
+    """One step of a :class:`StreamingSeparator` over ``F`` frames, with its state as
+    explicit tensors in and out: the function the ONNX export traces
+    (``stream_step.onnx``) and TorchInductor compiles
+    (:class:`~speechbrain_s4m.compiled_stream.CompiledStreamingSeparator`).
+
+    It runs the separator's own :meth:`~speechbrain_s4m.streaming.StreamingSeparator.step`:
+    a warm-up step on zeros, from a state of its own, finds the state tensors the
+    stream carries (their modules, unfolded passes and shapes) and builds the S4
+    recurrences, which the traced step then holds as constants.
+
+    Arguments
+    ---------
+    streaming : StreamingSeparator
+        The stream of a causal model.
+    blocks : int
+        Blocks of ``2^(S-1)`` frames per step.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.dual_path import Decoder
+    >>> from speechbrain_s4m.lobes import S4MMaskNet, WaveformEncoder
+    >>> stream = StreamingSeparator(WaveformEncoder(32), S4MMaskNet(17, hidden_channels=16,
+    ...     num_blocks=1, causal=True), Decoder(17, 1, 32, stride=8, bias=False))
+    >>> step = StreamStep(stream, blocks=2)
+    >>> step.window_samples, len(step.state_names)
+    (152, 18)
+    >>> out, *state = step(torch.zeros(152), torch.tensor(16), *step.initial_state())
+    >>> out.shape
+    torch.Size([128, 2])
+    """
+
+    def __init__(self, streaming: StreamingSeparator, blocks: int):
+        super().__init__()
+        if blocks < 1:
+            raise ValueError(f"StreamStep: expected at least one block per step, got {blocks}")
+        self.streaming = streaming
+        self.model = streaming.model  # registered, so that the traced graph holds its weights
+        self.frames = blocks * streaming.block_frames
+        self.hop_samples = self.frames * streaming.stride
+        self.window_samples = self.hop_samples + streaming.kernel - streaming.stride
+        state, tail = StreamState(), streaming.initial_tail()  # the stream's own state is left as it is
+        with torch.no_grad():
+            streaming.step(torch.zeros(self.window_samples, device=streaming.device), self.frames, state, tail)
+        self._warm = state
+        self._keys = state.keys()  # (unfolded pass, module), in the order the step sets them
+        names = {module: name for name, module in self.model.masknet.named_modules()}
+        self.state_names = ["decoder_tail"] + [f"pass{scope}.{names[module]}" for scope, module in self._keys]
+        self.state_shapes = [tuple(tail.shape)] + [tuple(state.tensor(k).shape) for k in self._keys]
+
+    def initial_state(self) -> List[torch.Tensor]:
+        """The state at the start of a stream: zeros."""
+        return [torch.zeros(shape, device=self.streaming.device) for shape in self.state_shapes]
+
+    def forward(
+        self, window: torch.Tensor, signal_frames: torch.Tensor, *state: torch.Tensor
+    ) -> Tuple[torch.Tensor, ...]:
+        """``window [F S + K - S]``, ``signal_frames`` (``F``, or fewer in the last step,
+        whose later frames are padding) and the state -> ``sources [F S, C]`` and the
+        new state."""
+        carried = self._warm.continued(dict(zip(self._keys, state[1:])))  # the S4 recurrences built once
+        sources, tail = self.streaming.step(window, self.frames, carried, state[0], signal_frames)
+        # contiguous state (a convolution keeps a slice of its input): the next step's
+        # inputs then have the strides of the first step's, and a compiled step one graph
+        return (sources, tail, *[carried.tensor(k).contiguous() for k in self._keys])
+
+
 @dataclass
 class StreamReport:
     """What :func:`stream_file` measured.
@@ -262,7 +333,7 @@ def _rss_mib() -> float:
 
 
 def stream_file(
-    separator: "StreamingSeparator | OnnxStreamingSeparator",
+    separator: "StreamingSeparator | FixedStepStream",
     path: str,
     outputs: Sequence[str],
     chunk_samples: int,
@@ -298,7 +369,7 @@ def stream_file(
         peaks = np.zeros(len(outputs))
 
         def write(separated: torch.Tensor) -> None:
-            block = np.asarray(separated)  # a CPU tensor, or numpy from OnnxStreamingSeparator
+            block = np.asarray(separated)  # a CPU tensor, or numpy from a FixedStepStream
             if block.shape[0]:
                 peaks[:] = np.maximum(peaks, np.abs(block).max(axis=0))
                 for s, writer in enumerate(writers):

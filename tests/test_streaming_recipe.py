@@ -94,6 +94,27 @@ def test_cli_stream_equals_offline_and_reports_latency_and_rtf(causal_model, tmp
     assert not any(name.startswith(("bad_", "other_rate_")) for name in os.listdir(out))
 
 
+def test_cli_compiled_stream_equals_offline(causal_model, tmp_path, capsys):
+    model_dir, data = causal_model
+    path = _mixture(data)
+    mix, rate = sf.read(str(path), dtype="float32")
+    out = tmp_path / "out"
+    command = [str(path), "--model", model_dir, "--out", str(out), "--stream", "--compile", "--chunk-ms", "16"]
+    assert separate_main(command) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"compiled the stream step of 128 samples in \d+ s", captured.err), captured.err
+    # a 16-frame step waits for its whole window: (16 - 1) * 8 + 32 - 1 samples
+    assert re.search(r"algorithmic latency 151 samples \(18\.9 ms\); real-time factor", captured.out), captured.out
+    offline = _offline(model_dir, torch.from_numpy(mix), tmp_path).numpy()
+    offline = 0.99 * offline / np.abs(offline).max(axis=0)  # the CLI's peak normalisation
+    for s in range(2):
+        written, _ = sf.read(str(out / f"{path.stem}_s{s + 1}.wav"), dtype="float32")
+        assert np.abs(written - offline[:, s]).max() < 1e-4  # 16-bit rounding: 1.5e-5
+    offline_command = [str(path), "--model", model_dir, "--out", str(tmp_path / "o2"), "--compile"]
+    assert separate_main(offline_command) == 2  # --compile without --stream
+    assert "use it with --stream alone" in capsys.readouterr().err
+
+
 def test_stream_memory_does_not_grow_with_the_recording(causal_model, tmp_path):
     """Two subprocesses stream 1 and 11 minutes of audio (1 s chunks) through the same
     model: their resident memory at the end differs by less than 50 MiB."""

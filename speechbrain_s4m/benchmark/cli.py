@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--stream-compiled-chunks-ms",
+        default="",
+        help="streaming section: also time the --stream-models with their step compiled by TorchInductor, "
+        "for these chunk lengths in ms (each compiles once per thread count: minutes at full size; "
+        "default: none)",
+    )
+    parser.add_argument(
         "--onnx-chunks-ms",
         default="16",
         help="onnx section: stream-step lengths in ms for the --stream-models, each exported once "
@@ -226,6 +233,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> Dict[st
             "stream_threads": args.stream_threads,
             "stream_seconds": args.stream_seconds,
             "stream_memory_minutes": args.stream_memory_minutes,
+            "stream_compiled_chunks_ms": args.stream_compiled_chunks_ms,
             "onnx_chunks_ms": args.onnx_chunks_ms,
         },
         "counting_rule": COUNTING_RULE,
@@ -265,6 +273,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> Dict[st
                 args.stream_memory_minutes,
                 overrides=args.model_overrides,
                 log=log,
+                compiled_chunks_ms=[float(v) for v in _split(args.stream_compiled_chunks_ms)],
             )
         except ValueError as error:
             raise UsageError(error) from error

@@ -402,32 +402,44 @@ def onnx_targets(section: Mapping[str, object]) -> List[Dict[str, str]]:
 
 def streaming_targets(streaming: Mapping[str, Mapping[str, object]]) -> List[Dict[str, str]]:
     """The streaming issue's targets for causal S4M-tiny at 8 kHz: real time on one core
-    with 16 ms chunks (99th percentile under 16 ms), and RTF <= 0.3 with 64 ms chunks.
+    with 16 ms chunks (99th percentile under 16 ms), and RTF <= 0.3 with 64 ms chunks;
+    each judged on the better of the eager and the compiled stream, when both ran.
 
     Example
     -------
     >>> [t["status"] for t in streaming_targets({})]
     ['SKIP', 'SKIP']
+    >>> row = {"threads": 1, "chunk_ms": 16, "p99_ms": 30.0, "median_ms": 28.0, "rtf": 1.8}
+    >>> fast = {**row, "p99_ms": 12.0, "median_ms": 11.0, "rtf": 0.7}
+    >>> streaming_targets({"S4M-tiny causal": {"rows": [row]},
+    ...     "S4M-tiny causal, compiled": {"rows": [fast]}})[0]["detail"]
+    'S4M-tiny causal, compiled: p99 12.00 ms, median 11.00 ms per 16 ms chunk'
     """
-    rows = streaming.get(STREAM_TARGET_MODEL, {}).get("rows", [])
+    names = [STREAM_TARGET_MODEL, STREAM_TARGET_MODEL + ", compiled"]
 
-    def find(chunk_ms: float) -> Optional[Dict[str, float]]:
-        return next((r for r in rows if r["threads"] == 1 and r["chunk_ms"] == chunk_ms), None)
+    def best(chunk_ms: float, measure: str) -> Optional[Dict[str, object]]:
+        found = [
+            {**r, "model": n}
+            for n in names
+            for r in streaming.get(n, {}).get("rows", [])
+            if r["threads"] == 1 and r["chunk_ms"] == chunk_ms
+        ]
+        return min(found, key=lambda r: r[measure]) if found else None
 
     targets = []
-    row = find(16)
+    row = best(16, "p99_ms")
     label = "causal S4M-tiny streams in real time on 1 thread with 16 ms chunks (p99 < 16 ms)"
     if row:
         status = "PASS" if row["p99_ms"] < 16 else "MISS"
-        detail = f"p99 {row['p99_ms']:.2f} ms, median {row['median_ms']:.2f} ms per 16 ms chunk"
+        detail = f"{row['model']}: p99 {row['p99_ms']:.2f} ms, median {row['median_ms']:.2f} ms per 16 ms chunk"
         targets.append({"target": label, "status": status, "detail": detail})
     else:
         targets.append({"target": label, "status": "SKIP", "detail": "needs the streaming section, 1 thread, 16 ms"})
-    row = find(64)
+    row = best(64, "rtf")
     label = "causal S4M-tiny RTF <= 0.3 on 1 thread with 64 ms chunks"
     if row:
         status = "PASS" if row["rtf"] <= 0.3 else "MISS"
-        targets.append({"target": label, "status": status, "detail": f"RTF {row['rtf']:.3f}"})
+        targets.append({"target": label, "status": status, "detail": f"{row['model']}: RTF {row['rtf']:.3f}"})
     else:
         targets.append({"target": label, "status": "SKIP", "detail": "needs the streaming section, 1 thread, 64 ms"})
     return targets

@@ -5,7 +5,10 @@ chunk by chunk, timing every call.
 Per model, thread count and chunk length: median and 99th-percentile compute time per
 chunk, the real-time factor (compute per second of audio) and the algorithmic latency;
 per model, the growth of the resident memory between the first minute and the end of
-``memory_minutes`` of streamed audio.
+``memory_minutes`` of streamed audio. For the chunk lengths of ``compiled_chunks_ms``,
+also the same stream with its step compiled by TorchInductor
+(:class:`~speechbrain_s4m.compiled_stream.CompiledStreamingSeparator`, rows
+``"<model>, compiled"``; each compiles once per thread count and chunk length).
 
 Authors
  * speechbrain-s4m contributors
@@ -13,7 +16,7 @@ Authors
 
 import statistics
 import time
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -22,7 +25,12 @@ from speechbrain_s4m.benchmark.timing import set_torch_threads
 from speechbrain_s4m.resources import current_rss_bytes
 from speechbrain_s4m.streaming import StreamingSeparator
 
+if TYPE_CHECKING:
+    from speechbrain_s4m.compiled_stream import CompiledStreamingSeparator
+
 STREAMING_MODELS = ("S4M-tiny causal", "S4M causal")
+COMPILED = ", compiled"  # the suffix of a model's compiled rows
+Stream = Union[StreamingSeparator, "CompiledStreamingSeparator"]
 
 
 def build_stream(name: str, overrides: Optional[Mapping[str, object]] = None) -> StreamingSeparator:
@@ -40,7 +48,7 @@ def build_stream(name: str, overrides: Optional[Mapping[str, object]] = None) ->
     return StreamingSeparator(model.encoder, model.masknet, model.decoder, setup.sample_rate)
 
 
-def time_stream(stream: StreamingSeparator, seconds: float, chunk_ms: float, seed: int = 0) -> Dict[str, float]:
+def time_stream(stream: "Stream", seconds: float, chunk_ms: float, seed: int = 0) -> Dict[str, float]:
     """Stream ``seconds`` of noise in chunks of ``chunk_ms``; per-call timings.
 
     Example
@@ -55,7 +63,8 @@ def time_stream(stream: StreamingSeparator, seconds: float, chunk_ms: float, see
     generator = torch.Generator().manual_seed(seed)
     audio = 0.1 * torch.randn(int(round(seconds * rate)), generator=generator)
     stream.reset()
-    stream.process(audio[: 4 * stream.block_samples])  # warm-up: first calls allocate
+    step = getattr(stream, "hop_samples", None) or stream.block_samples  # a compiled step's, or a block
+    stream.process(audio[: 4 * step])  # warm-up: first calls allocate
     stream.reset()
     times = []
     for piece in audio.split(chunk):
@@ -75,7 +84,7 @@ def time_stream(stream: StreamingSeparator, seconds: float, chunk_ms: float, see
     }
 
 
-def memory_growth(stream: StreamingSeparator, minutes: float, chunk_ms: float = 64.0) -> Dict[str, float]:
+def memory_growth(stream: "Stream", minutes: float, chunk_ms: float = 64.0) -> Dict[str, float]:
     """Resident memory after the first minute and after ``minutes`` of streamed audio
     (MiB), a minute of noise at a time in chunks of ``chunk_ms``."""
     rate = stream.sample_rate
@@ -99,23 +108,30 @@ def streaming_section(
     memory_minutes: float,
     overrides: Optional[Mapping[str, Mapping[str, object]]] = None,
     log: Callable[[str], None] = print,
+    compiled_chunks_ms: Sequence[float] = (),
 ) -> Dict[str, Dict[str, object]]:
-    """Every row of the section: ``{model: {"rows": [...], "memory": {...}}}``."""
+    """Every row of the section: ``{model: {"rows": [...], "memory": {...}}}``, and
+    ``{model + ", compiled": {"rows": [...]}}`` for ``compiled_chunks_ms``."""
     results: Dict[str, Dict[str, object]] = {}
     for name in names:
         torch.manual_seed(0)
         stream = build_stream(name, (overrides or {}).get(name))
         rows: List[Dict[str, float]] = []
+        compiled_rows: List[Dict[str, float]] = []
         for count in threads:
             set_torch_threads(count)
             for chunk_ms in chunks_ms:
-                row = {"threads": count, **time_stream(stream, seconds, chunk_ms)}
-                rows.append(row)
-                log(
-                    f"  {name}, {count} thread(s), {chunk_ms:g} ms chunks: median {row['median_ms']:.2f} ms, "
-                    f"p99 {row['p99_ms']:.2f} ms, RTF {row['rtf']:.3f}"
-                )
+                rows.append(_timed_row(name, stream, count, seconds, chunk_ms, log))
+            for chunk_ms in compiled_chunks_ms:
+                from speechbrain_s4m.compiled_stream import CompiledStreamingSeparator
+
+                compiled = CompiledStreamingSeparator(stream, chunk_ms)
+                log(f"  {name}: compiled the {chunk_ms:g} ms step in {compiled.compile_seconds:.0f} s")
+                row = _timed_row(name + COMPILED, compiled, count, seconds, chunk_ms, log)
+                compiled_rows.append({**row, "compile_s": compiled.compile_seconds})
         results[name] = {"rows": rows}
+        if compiled_rows:
+            results[name + COMPILED] = {"rows": compiled_rows}
         if memory_minutes > 0:
             memory = memory_growth(stream, memory_minutes)
             results[name]["memory"] = memory
@@ -124,3 +140,14 @@ def streaming_section(
                 f"{memory['rss_end_mib']:.0f} MiB after {memory['minutes']} min"
             )
     return results
+
+
+def _timed_row(
+    name: str, stream: Stream, threads: int, seconds: float, chunk_ms: float, log: Callable[[str], None]
+) -> Dict[str, float]:
+    row = {"threads": threads, **time_stream(stream, seconds, chunk_ms)}
+    log(
+        f"  {name}, {threads} thread(s), {chunk_ms:g} ms chunks: median {row['median_ms']:.2f} ms, "
+        f"p99 {row['p99_ms']:.2f} ms, RTF {row['rtf']:.3f}"
+    )
+    return row

@@ -105,9 +105,22 @@ def pairwise_mean(x: torch.Tensor) -> torch.Tensor:
 
     An operator of its own (``torch.ops.speechbrain_s4m.pairwise_mean``), so that an
     ONNX export lowers it to one ``AveragePool`` (:mod:`speechbrain_s4m.onnx_lowering`)
-    instead of strided slices, which onnxruntime copies an element at a time.
+    instead of strided slices, which onnxruntime copies an element at a time, and
+    that a compiled stream step decomposes into :func:`mean_of_pairs`
+    (:mod:`speechbrain_s4m.inductor_lowering`).
     """
-    return torch.lerp(x[..., 0::2], x[..., 1::2], 0.5)
+    return mean_of_pairs(x, out=x.new_empty(*x.shape[:-1], x.shape[-1] // 2))  # contiguous, as the fake
+
+
+def mean_of_pairs(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The formula of :func:`pairwise_mean`: ``lerp(x[..., 0::2], x[..., 1::2], 1/2)``.
+
+    Example
+    -------
+    >>> mean_of_pairs(torch.arange(4.0).view(1, 1, 4))
+    tensor([[[0.5000, 2.5000]]])
+    """
+    return torch.lerp(x[..., 0::2], x[..., 1::2], 0.5, out=out)
 
 
 @pairwise_mean.register_fake
@@ -238,11 +251,29 @@ def broadcast_gate(local: torch.Tensor, rho: torch.Tensor, tau: torch.Tensor) ->
     An operator of its own (``torch.ops.speechbrain_s4m.broadcast_gate``), so that an
     ONNX export lowers it as a whole, to ``Resize`` and a multiply-add
     (:mod:`speechbrain_s4m.onnx_lowering`): onnxruntime repeats frames several times
-    faster than it broadcasts over a trailing axis of ``r``.
+    faster than it broadcasts over a trailing axis of ``r``. A compiled stream step
+    decomposes it into :func:`gated_repetition` (:mod:`speechbrain_s4m.inductor_lowering`).
+    """
+    batch, C, length = local.shape
+    dtype = torch.promote_types(torch.promote_types(tau.dtype, local.dtype), rho.dtype)
+    out = local.new_empty(batch, C, rho.shape[-1], length // rho.shape[-1], dtype=dtype)  # contiguous, as the fake
+    return gated_repetition(local, rho, tau, out=out)
+
+
+def gated_repetition(
+    local: torch.Tensor, rho: torch.Tensor, tau: torch.Tensor, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """The formula of :func:`broadcast_gate`: ``addcmul(tau, a', rho)`` over the fine
+    frames viewed as ``[B, C, L / r, r]`` (into ``out`` of that shape when given).
+
+    Example
+    -------
+    >>> gated_repetition(torch.ones(1, 1, 4), torch.tensor([[[2.0, 3.0]]]), torch.zeros(1, 1, 2))
+    tensor([[[2., 2., 3., 3.]]])
     """
     batch, C, length = local.shape
     fine = local.reshape(batch, C, rho.shape[-1], -1)  # [B, C, L / r, r]
-    return torch.addcmul(tau[..., None], fine, rho[..., None]).view(batch, C, length)
+    return torch.addcmul(tau[..., None], fine, rho[..., None], out=out).reshape(batch, C, length)
 
 
 @broadcast_gate.register_fake

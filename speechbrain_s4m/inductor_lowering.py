@@ -1,0 +1,112 @@
+"""Compile a stream step with TorchInductor, the lobes' operators decomposed so that it
+fuses them.
+
+A stream step of full-size causal S4M-tiny runs 16 unfolded passes on a few frames
+each, so eager PyTorch spends it on calling operators (15,200 operator calls per 16 ms
+chunk), not on arithmetic. :func:`compile_step` compiles the step's own forward pass
+(:class:`~speechbrain_s4m.streaming.StreamStep`, the function the ONNX export traces)
+for a fixed number of frames with TorchInductor, which fuses the elementwise operators
+into a few C++ loops per pass and leaves the matrix products to the BLAS. Three of the
+lobes' operators would stay opaque calls there, so the compiled step decomposes them
+into their formulas, as :mod:`speechbrain_s4m.onnx_lowering` lowers them to ONNX:
+
+* ``speechbrain_s4m::pairwise_mean`` into :func:`~speechbrain_s4m.lobes.s4m.mean_of_pairs`;
+* ``speechbrain_s4m::broadcast_gate`` into :func:`~speechbrain_s4m.lobes.s4m.gated_repetition`;
+* a depthwise 1-D ``aten.convolution`` (``groups`` equal to the channels, one input
+  channel per filter) into :func:`~speechbrain_s4m.lobes.depthwise.sum_of_taps`, ``K``
+  shifted multiply-adds that fuse with the norm after them. oneDNN takes about 60 us per
+  call on these few frames; every other convolution is left to Inductor.
+
+Each decomposition is the operator's own formula (the tests compare them), so the lobes
+keep one implementation. The compiled graph holds the weights as constants (Inductor's
+freezing) and calls its kernels from C++ (``cpp_wrapper``); it is not cached on disk,
+because Inductor's cache key does not cover these decompositions. Compiling needs a C++
+compiler and takes minutes for a full-size model (about 3 min for S4M-tiny on 2 CPU
+cores).
+
+Authors
+ * speechbrain-s4m contributors
+"""
+
+import shutil
+from functools import partial
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+from torch import nn
+
+from speechbrain_s4m.lobes.depthwise import sum_of_taps
+from speechbrain_s4m.lobes.s4m import gated_repetition, mean_of_pairs
+
+aten = torch.ops.aten
+INDUCTOR_CONFIG = {"freezing": True, "cpp_wrapper": True, "fx_graph_cache": False}
+
+
+def depthwise_convolution(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    transposed: bool,
+    output_padding: Sequence[int],
+    groups: int,
+):
+    """``aten.convolution`` of a depthwise 1-D convolution as :func:`sum_of_taps`;
+    ``NotImplemented`` (Inductor's own lowering) for any other convolution.
+
+    Example
+    -------
+    >>> x, w = torch.randn(1, 4, 12), torch.randn(4, 1, 5)
+    >>> y = depthwise_convolution(x, w, None, [1], [2], [1], False, [0], 4)
+    >>> bool(torch.allclose(y, torch.nn.functional.conv1d(x, w, padding=2, groups=4), atol=1e-6))
+    True
+    >>> depthwise_convolution(x, torch.randn(4, 4, 3), None, [1], [0], [1], False, [0], 1)
+    NotImplemented
+    """
+    channels = input.shape[1] if input.dim() == 3 else -1
+    depthwise = groups == channels and weight.shape[0] == channels and weight.shape[1] == 1
+    if transposed or input.dim() != 3 or not depthwise or tuple(dilation) != (1,):
+        return NotImplemented
+    return sum_of_taps(input, weight, bias, stride[0], padding[0])
+
+
+def decompositions() -> Dict[object, Callable]:
+    """Inductor's decomposition table with the lobes' operators added."""
+    from torch._inductor.decomposition import select_decomp_table
+
+    ops = torch.ops.speechbrain_s4m  # registered by importing speechbrain_s4m.lobes.s4m
+    return {
+        **select_decomp_table(),
+        ops.pairwise_mean.default: mean_of_pairs,
+        ops.broadcast_gate.default: gated_repetition,
+        aten.convolution.default: depthwise_convolution,
+    }
+
+
+def require_compiler() -> None:
+    """``RuntimeError`` when no C++ compiler is on the PATH (Inductor needs one)."""
+    if not any(shutil.which(name) for name in ("g++", "c++", "clang++")):
+        raise RuntimeError(
+            "a compiled stream needs a C++ compiler (g++ or clang++) on the PATH; install one "
+            "(apt install g++), or stream without compiling"
+        )
+
+
+def compile_step(step: nn.Module) -> Callable:
+    """``step`` (a :class:`~speechbrain_s4m.streaming.StreamStep`) compiled by Inductor
+    with :func:`decompositions`, for the static shapes of its inputs. The compilation
+    happens on the first call, which must run without autograd (``torch.inference_mode``
+    or ``torch.no_grad``); the weights are then frozen into the graph."""
+    require_compiler()
+    from torch._inductor.compile_fx import compile_fx
+
+    backend = partial(compile_fx, decompositions=decompositions(), config_patches=INDUCTOR_CONFIG)
+    compiled = torch.compile(step, backend=backend, dynamic=False, fullgraph=True)
+
+    def run(*inputs: torch.Tensor):
+        with torch._functorch.config.patch(enable_autograd_cache=False):  # see the module's note on caching
+            return compiled(*inputs)
+
+    return run
