@@ -17,7 +17,7 @@ Authors
 """
 
 import time
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,44 +26,38 @@ from speechbrain_s4m.inductor_lowering import compile_step
 from speechbrain_s4m.step_stream import FixedStepStream
 from speechbrain_s4m.streaming import StreamingSeparator, StreamStep
 
-__all__ = ["CompiledStreamingSeparator", "standard_strides", "step_blocks"]
+__all__ = ["CompiledStreamingSeparator", "contiguous_strides", "standard_strides"]
 
 
-def step_blocks(streaming: StreamingSeparator, chunk_ms: float) -> int:
-    """Blocks of ``2^(S-1)`` frames in a step of about ``chunk_ms`` (at least one).
+def contiguous_strides(shape: Sequence[int]) -> Tuple[int, ...]:
+    """The strides of a new tensor of ``shape``.
 
     Example
     -------
-    >>> from speechbrain_s4m.benchmark.streaming import build_stream
-    >>> step_blocks(build_stream("S4M-tiny causal", {"num_blocks": 1, "hidden_channels": 16}), 16)
-    2
+    >>> contiguous_strides((1, 4, 3))
+    (12, 3, 1)
     """
-    if streaming.sample_rate is None:
-        raise ValueError("CompiledStreamingSeparator: the StreamingSeparator needs its sample_rate")
-    if chunk_ms <= 0:
-        raise ValueError(f"CompiledStreamingSeparator: chunk_ms must be positive, got {chunk_ms:g}")
-    return max(1, round(chunk_ms / 1000 * streaming.sample_rate / streaming.block_samples))
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.insert(0, step)
+        step *= max(size, 1)
+    return tuple(strides)
 
 
-def standard_strides(t: torch.Tensor) -> torch.Tensor:
-    """``t`` with the strides of a new tensor of its shape, as the first step's state
-    has them (a view where ``t`` is contiguous but strided differently along
-    dimensions of size 1, as Inductor may leave its outputs): every step then meets
-    the strides the step was compiled for, and runs the same graph.
+def standard_strides(t: torch.Tensor, strides: Tuple[int, ...]) -> torch.Tensor:
+    """``t`` with ``strides``, the :func:`contiguous_strides` of its shape, as the first
+    step's state has them (a view where ``t`` is contiguous but strided differently
+    along dimensions of size 1, as Inductor may leave its outputs): every step then
+    meets the strides the step was compiled for, and runs the same graph.
 
     Example
     -------
     >>> t = torch.zeros(4, 1).T  # [1, 4] with strides (1, 1)
-    >>> t.is_contiguous(), standard_strides(t).stride()
+    >>> t.is_contiguous(), standard_strides(t, contiguous_strides(t.shape)).stride()
     (True, (4, 1))
     """
-    strides, step = [], 1
-    for size in reversed(t.shape):
-        strides.insert(0, step)
-        step *= max(size, 1)
-    if not t.is_contiguous():
-        return t.contiguous()
-    return t if t.stride() == tuple(strides) else t.as_strided(t.shape, strides)
+    t = t.contiguous()
+    return t if t.stride() == strides else t.as_strided(t.shape, strides)
 
 
 class CompiledStreamingSeparator(FixedStepStream):
@@ -100,7 +94,10 @@ class CompiledStreamingSeparator(FixedStepStream):
     def __init__(self, streaming: StreamingSeparator, chunk_ms: float = 16.0):
         if streaming.device.type != "cpu":
             raise ValueError(f"CompiledStreamingSeparator: compiles for the CPU, got a model on {streaming.device}")
-        self.step = StreamStep(streaming, step_blocks(streaming, chunk_ms)).eval()
+        if chunk_ms <= 0:
+            raise ValueError(f"CompiledStreamingSeparator: chunk_ms must be positive, got {chunk_ms:g}")
+        self.step = StreamStep(streaming, streaming.step_blocks(chunk_ms)).eval()
+        self._strides = [contiguous_strides(shape) for shape in self.step.state_shapes]  # fixed: computed once
         self._compiled = compile_step(self.step)
         super().__init__(
             self.step.frames, streaming.kernel, streaming.stride, streaming.sample_rate, streaming.num_spks
@@ -122,7 +119,7 @@ class CompiledStreamingSeparator(FixedStepStream):
     @torch.inference_mode()
     def run_step(self, window: np.ndarray, signal_frames: int) -> np.ndarray:
         sources, *state = self._compiled(torch.from_numpy(window), torch.tensor(signal_frames), *self._state)
-        self._state = [standard_strides(t) for t in state]
+        self._state = [standard_strides(t, strides) for t, strides in zip(state, self._strides)]
         return sources.numpy()  # [F S, C]
 
     def decoder_tail(self) -> np.ndarray:

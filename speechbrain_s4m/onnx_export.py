@@ -370,8 +370,8 @@ def _sample_rate(sample_rate: Optional[int]) -> int:
 
 
 def _stream_step_graph(streaming: StreamingSeparator, chunk_ms: float, mix: np.ndarray) -> Tuple[Tracer, ParityCheck]:
-    sample_rate = _sample_rate(streaming.sample_rate)
-    blocks = max(1, round(chunk_ms / 1000 * sample_rate / streaming.block_samples))
+    _sample_rate(streaming.sample_rate)  # the export's own error when it is missing
+    blocks = streaming.step_blocks(chunk_ms)
     mix = np.asarray(mix, dtype=np.float32)
     return partial(trace_stream_step, streaming, blocks), partial(parity_check, streaming=streaming, mix=mix)
 

@@ -126,6 +126,21 @@ class StreamingSeparator:
         """Samples per block: the stream advances by whole blocks."""
         return self.block_frames * self.stride
 
+    def step_blocks(self, chunk_ms: float) -> int:
+        """Blocks in a fixed step of about ``chunk_ms`` (at least one): the step of
+        ``stream_step.onnx`` and of a compiled stream (:class:`StreamStep`).
+
+        Example
+        -------
+        >>> from speechbrain_s4m.benchmark.streaming import build_stream
+        >>> stream = build_stream("S4M-tiny causal", {"num_blocks": 1, "hidden_channels": 16})
+        >>> stream.step_blocks(16), stream.step_blocks(1)  # 8 ms blocks at 8 kHz
+        (2, 1)
+        """
+        if self.sample_rate is None:
+            raise ValueError("StreamingSeparator: a step of chunk_ms needs the model's sample_rate")
+        return max(1, round(chunk_ms / 1000 * self.sample_rate / self.block_samples))
+
     # -------------------------------------------------------------------- stream
     def reset(self) -> None:
         """Forget the stream: the next :meth:`process` starts a new signal."""

@@ -19,6 +19,7 @@ from speechbrain_s4m.benchmark.macs import COUNTING_RULE
 from speechbrain_s4m.benchmark.models import REFERENCE
 
 STREAM_TARGET_MODEL = "S4M-tiny causal"  # the streaming targets' model
+COMPILED = ", compiled"  # the suffix of a streaming model's compiled rows
 
 TRAIN_SPEEDUP_TARGET = 6.0  # S4M-tiny's training step, times faster than Sepformer's
 
@@ -415,7 +416,7 @@ def streaming_targets(streaming: Mapping[str, Mapping[str, object]]) -> List[Dic
     ...     "S4M-tiny causal, compiled": {"rows": [fast]}})[0]["detail"]
     'S4M-tiny causal, compiled: p99 12.00 ms, median 11.00 ms per 16 ms chunk'
     """
-    names = [STREAM_TARGET_MODEL, STREAM_TARGET_MODEL + ", compiled"]
+    names = [STREAM_TARGET_MODEL, STREAM_TARGET_MODEL + COMPILED]
 
     def best(chunk_ms: float, measure: str) -> Optional[Dict[str, object]]:
         found = [

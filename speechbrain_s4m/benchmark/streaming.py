@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Seque
 import torch
 
 from speechbrain_s4m.benchmark.models import TRAIN_HPARAMS_DIR, load_recipe_model, recipe_hparams_file
+from speechbrain_s4m.benchmark.report import COMPILED
 from speechbrain_s4m.benchmark.timing import set_torch_threads
 from speechbrain_s4m.resources import current_rss_bytes
 from speechbrain_s4m.streaming import StreamingSeparator
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from speechbrain_s4m.compiled_stream import CompiledStreamingSeparator
 
 STREAMING_MODELS = ("S4M-tiny causal", "S4M causal")
-COMPILED = ", compiled"  # the suffix of a model's compiled rows
 Stream = Union[StreamingSeparator, "CompiledStreamingSeparator"]
 
 
