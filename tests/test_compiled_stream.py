@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
 
 from speechbrain_s4m.compiled_stream import CompiledStreamingSeparator
-from speechbrain_s4m.inductor_lowering import decompositions, depthwise_convolution
+from speechbrain_s4m.inductor_lowering import decompositions, depthwise_convolution, pointwise_product
 from speechbrain_s4m.lobes.depthwise import sum_of_taps
+from speechbrain_s4m.lobes.pointwise import PointwiseConv1d
 from speechbrain_s4m.lobes.s4m import broadcast_gate, gated_repetition, mean_of_pairs, pairwise_mean
 from speechbrain_s4m.streaming import StreamingSeparator
 from tests.test_streaming import causal_lobes, offline, relative_error
@@ -57,13 +59,32 @@ def test_other_convolutions_are_left_to_inductor():
     assert depthwise_convolution(x, torch.randn(4, 1, 3), None, [1], [0], [1], True, [0], 4) is NotImplemented
 
 
+def test_pointwise_product_is_the_pointwise_convolution_of_one_signal():
+    torch.manual_seed(4)
+    conv, x = PointwiseConv1d(6, 10), torch.randn(1, 6, 3)
+    weight, bias = conv.weight[:, :, 0][None], conv.bias[None, :, None]
+    assert torch.allclose(pointwise_product(bias, weight, x), conv(x), atol=1e-6)
+    assert torch.allclose(pointwise_product(bias, weight, x), F.conv1d(x, conv.weight, conv.bias), atol=1e-6)
+
+
+def test_other_batched_products_are_left_to_inductor():
+    w, x = torch.randn(2, 10, 6), torch.randn(2, 6, 3)
+    assert pointwise_product(torch.randn(2, 10, 1), w, x) is NotImplemented  # two signals
+    assert pointwise_product(torch.randn(1, 10, 3), w[:1], x[:1]) is NotImplemented  # not a bias per channel
+    assert pointwise_product(torch.randn(1, 10, 1), w[:1], x[:1], beta=0.5) is NotImplemented
+    assert decompositions()[torch.ops.aten.baddbmm.default] is pointwise_product
+
+
 # ---------------------------------------------------------- compiled stream
 @pytest.fixture(scope="module")
 def compiled():
     """One compilation (about half a minute on 2 cores) of a two-pass causal S4M."""
     lobes = causal_lobes(True, num_blocks=2, hidden_channels=16)
     eager = StreamingSeparator(*lobes, sample_rate=8000)
-    return lobes, eager, CompiledStreamingSeparator(eager, chunk_ms=16)
+    packed = counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"]
+    stream = CompiledStreamingSeparator(eager, chunk_ms=16)
+    stream.packed_products = counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] - packed
+    return lobes, eager, stream
 
 
 def streamed(stream, mix: np.ndarray, chunks) -> np.ndarray:
@@ -103,6 +124,15 @@ def test_compiled_stream_refuses_bad_chunks_and_continues(compiled):
         stream.process(bad)
     parts += [stream.process(mix[1000:]), stream.flush()]
     assert relative_error(torch.from_numpy(np.concatenate(parts)), offline(lobes, torch.from_numpy(mix))) < 1e-4
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="weight packing needs oneDNN")
+def test_the_compiled_step_freezes_the_weights_into_packed_products(compiled):
+    """Frozen weights are constants, so Inductor packs them for its matrix products (the
+    1x1 convolutions): on a graph that took the weights as inputs, none would be packed."""
+    lobes, _, stream = compiled
+    pointwise = sum(isinstance(m, PointwiseConv1d) for lobe in lobes for m in lobe.modules())
+    assert stream.packed_products >= pointwise > 0
 
 
 def test_a_compiled_stream_needs_a_positive_step(compiled):
