@@ -28,7 +28,7 @@ keep one implementation. The compiled graph holds the weights as constants (Indu
 freezing, which packs them for the matrix products) and calls its kernels from C++
 (``cpp_wrapper``); it is not cached on disk,
 because Inductor's cache key does not cover these decompositions. Compiling needs a C++
-compiler and takes minutes for a full-size model (about 3 min for S4M-tiny on 2 CPU
+compiler and takes minutes for a full-size model (5 to 10 min for S4M-tiny on 2 CPU
 cores).
 
 Authors
