@@ -37,7 +37,7 @@ Authors
 
 import shutil
 from functools import partial
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -46,7 +46,61 @@ from speechbrain_s4m.lobes.depthwise import sum_of_taps
 from speechbrain_s4m.lobes.s4m import gated_repetition, mean_of_pairs
 
 aten = torch.ops.aten
-INDUCTOR_CONFIG = {"freezing": True, "cpp_wrapper": True, "fx_graph_cache": False}
+
+
+def shared_constants(graph: torch.fx.Graph) -> None:
+    """One constant for each weight that every unfolded pass uses, dense and packed.
+
+    Freezing makes each use of a weight a constant, and Inductor's linear pattern packs
+    each use for MKL on its own (its de-duplication of packed weights compares the
+    transposed weight nodes, which the pattern itself creates once per use): full-size
+    S4M-tiny (16 passes) read 82 packed copies of 6 weights per step. Here equal dense
+    constants become one, and so do the packed weights of one dense weight at one batch
+    size (an opaque buffer, known by what it was packed from: ``_mkl_linear``'s
+    ``(input, packed, weight, bias, batch size)``). Applied as Inductor's
+    ``post_grad_custom_pre_pass``, after freezing.
+
+    Example
+    -------
+    >>> module = torch.nn.Module()
+    >>> module.a, module.b, module.c = torch.ones(3), torch.ones(3), torch.zeros(3)
+    >>> graph = torch.fx.Graph(module)
+    >>> total = graph.call_function(torch.add, (graph.get_attr("a"), graph.get_attr("b")))
+    >>> _ = graph.output(graph.call_function(torch.add, (total, graph.get_attr("c"))))
+    >>> shared_constants(graph)
+    >>> [node.target for node in graph.nodes if node.op == "get_attr"]
+    ['a', 'c']
+    """
+    module = graph.owning_module
+    kept: Dict[tuple, List[torch.fx.Node]] = {}
+    for node in list(graph.find_nodes(op="get_attr")):
+        value = getattr(module, node.target, None)
+        if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
+            continue  # (an opaque packed weight has no values to compare: below)
+        same = kept.setdefault((tuple(value.shape), value.stride(), value.dtype, value.device), [])
+        twin = next((n for n in same if torch.equal(getattr(module, n.target), value)), None)
+        if twin is None:
+            same.append(node)
+        else:
+            node.replace_all_uses_with(twin)
+            graph.erase_node(node)
+    packed: Dict[tuple, torch.fx.Node] = {}
+    mkl_linear = torch.ops.mkl._mkl_linear  # the pattern calls the packet, not an overload
+    for product in [*graph.find_nodes(op="call_function", target=mkl_linear)]:
+        _, weight_packed, weight, _, batch_size = product.args
+        first = packed.setdefault((weight, batch_size), weight_packed)
+        if first is not weight_packed:
+            product.replace_input_with(weight_packed, first)
+            if not weight_packed.users:
+                graph.erase_node(weight_packed)
+
+
+INDUCTOR_CONFIG = {
+    "freezing": True,
+    "cpp_wrapper": True,
+    "fx_graph_cache": False,
+    "post_grad_custom_pre_pass": shared_constants,
+}
 
 
 def depthwise_convolution(

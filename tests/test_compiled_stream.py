@@ -8,7 +8,12 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 from speechbrain_s4m.compiled_stream import CompiledStreamingSeparator
-from speechbrain_s4m.inductor_lowering import decompositions, depthwise_convolution, pointwise_product
+from speechbrain_s4m.inductor_lowering import (
+    decompositions,
+    depthwise_convolution,
+    pointwise_product,
+    shared_constants,
+)
 from speechbrain_s4m.lobes.depthwise import sum_of_taps
 from speechbrain_s4m.lobes.pointwise import PointwiseConv1d
 from speechbrain_s4m.lobes.s4m import broadcast_gate, gated_repetition, mean_of_pairs, pairwise_mean
@@ -73,6 +78,29 @@ def test_other_batched_products_are_left_to_inductor():
     assert pointwise_product(torch.randn(1, 10, 3), w[:1], x[:1]) is NotImplemented  # not a bias per channel
     assert pointwise_product(torch.randn(1, 10, 1), w[:1], x[:1], beta=0.5) is NotImplemented
     assert decompositions()[torch.ops.aten.baddbmm.default] is pointwise_product
+
+
+@pytest.mark.skipif(not torch._C.has_mkl, reason="MKL's packed products")
+def test_every_use_of_a_weight_reads_one_frozen_and_packed_copy():
+    """As freezing leaves an unfolded network: each use of one weight with its own copy
+    of it, packed on its own for MKL (an opaque buffer that has no values to compare)."""
+    torch.manual_seed(5)
+    weight, x = torch.randn(10, 6), torch.randn(4, 6)
+    module = torch.nn.Module()
+    graph = torch.fx.Graph(module)
+    uses = []
+    for i, rows in enumerate([4, 4, 2]):  # two uses at one batch size, one at another
+        setattr(module, f"weight{i}", weight.clone())
+        setattr(module, f"packed{i}", torch.ops.mkl._mkl_reorder_linear_weight(weight, rows))
+        inputs = (graph.placeholder(f"x{i}"), graph.get_attr(f"packed{i}"), graph.get_attr(f"weight{i}"))
+        uses.append(graph.call_function(torch.ops.mkl._mkl_linear, (*inputs, None, rows)))
+    graph.output(tuple(uses))
+    shared_constants(graph)
+    constants = [node.target for node in graph.nodes if node.op == "get_attr"]
+    assert constants == ["packed0", "weight0", "packed2"]
+    outputs = torch.fx.GraphModule(module, graph)(x, x, x[:2])
+    for out in outputs:
+        assert torch.allclose(out, x[: out.shape[0]] @ weight.T, atol=1e-5)
 
 
 # ---------------------------------------------------------- compiled stream
