@@ -11,6 +11,7 @@ from speechbrain_s4m.compiled_stream import CompiledStreamingSeparator
 from speechbrain_s4m.inductor_lowering import (
     decompositions,
     depthwise_convolution,
+    layer_norm_by_moments,
     pointwise_product,
     shared_constants,
 )
@@ -70,6 +71,19 @@ def test_pointwise_product_is_the_pointwise_convolution_of_one_signal():
     weight, bias = conv.weight[:, :, 0][None], conv.bias[None, :, None]
     assert torch.allclose(pointwise_product(bias, weight, x), conv(x), atol=1e-6)
     assert torch.allclose(pointwise_product(bias, weight, x), F.conv1d(x, conv.weight, conv.bias), atol=1e-6)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_by_moments_is_the_layer_norm(affine):
+    torch.manual_seed(6)
+    x = 3 + 2 * torch.randn(1, 16, 512)  # a per-frame norm of 16 frames of 512 channels
+    weight, bias = (torch.randn(512), torch.randn(512)) if affine else (None, None)
+    out, mean, rstd = layer_norm_by_moments(x, [512], weight, bias, 1e-8)
+    expected = torch.ops.aten.native_layer_norm.default(x, [512], weight, bias, 1e-8)
+    assert torch.allclose(out, expected[0], atol=1e-5)
+    assert torch.allclose(mean, expected[1], atol=1e-6) and torch.allclose(rstd, expected[2], rtol=1e-5)
+    assert out.shape == x.shape and mean.shape == rstd.shape == (1, 16, 1)
+    assert decompositions()[torch.ops.aten.native_layer_norm.default] is layer_norm_by_moments
 
 
 def test_other_batched_products_are_left_to_inductor():
