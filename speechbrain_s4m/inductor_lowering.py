@@ -6,9 +6,9 @@ each, so eager PyTorch spends it on calling operators (15,200 operator calls per
 chunk), not on arithmetic. :func:`compile_step` compiles the step's own forward pass
 (:class:`~speechbrain_s4m.streaming.StreamStep`, the function the ONNX export traces)
 for a fixed number of frames with TorchInductor, which fuses the elementwise operators
-into a few C++ loops per pass and leaves the matrix products to the BLAS. Three of the
-lobes' operators would stay opaque calls there, so the compiled step decomposes them
-into their formulas, as :mod:`speechbrain_s4m.onnx_lowering` lowers them to ONNX:
+into a few C++ loops per pass and leaves the matrix products to the BLAS. Some of the
+lobes' operators would stay opaque calls there or be lowered slowly for these shapes,
+so the compiled step decomposes them into their formulas, as :mod:`speechbrain_s4m.onnx_lowering` lowers them to ONNX:
 
 * ``speechbrain_s4m::pairwise_mean`` into :func:`~speechbrain_s4m.lobes.s4m.mean_of_pairs`;
 * ``speechbrain_s4m::broadcast_gate`` into :func:`~speechbrain_s4m.lobes.s4m.gated_repetition`;
@@ -21,11 +21,15 @@ into their formulas, as :mod:`speechbrain_s4m.onnx_lowering` lowers them to ONNX
   constant weight, which Inductor's freezing packs for oneDNN/MKL. On these few frames
   the BLAS is much slower with the weight on the left (``W x``) than with the frames as
   rows: 1 thread, 1024 x 512 weight, 2 frames, AMD EPYC (AVX2): about 1000 us for
-  ``baddbmm``, 140 us for the row product, 123 us packed.
+  ``baddbmm``, 140 us for the row product, 123 us packed;
+* ``aten.native_layer_norm`` (the per-frame norms) into :func:`layer_norm_by_moments`,
+  the mean and then the mean square about it, in place of the Welford reduction of
+  Inductor's own lowering, which is slow over a strided axis of 512 channels.
 
 Each decomposition is the operator's own formula (the tests compare them), so the lobes
 keep one implementation. The compiled graph holds the weights as constants (Inductor's
-freezing, which packs them for the matrix products) and calls its kernels from C++
+freezing, which packs them for the matrix products), one copy of each however many
+passes use it (:func:`shared_constants`), and calls its kernels from C++
 (``cpp_wrapper``); it is not cached on disk,
 because Inductor's cache key does not cover these decompositions. Compiling needs a C++
 compiler and takes minutes for a full-size model (5 to 10 min for S4M-tiny on 2 CPU
