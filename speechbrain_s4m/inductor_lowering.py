@@ -7,8 +7,9 @@ chunk), not on arithmetic. :func:`compile_step` compiles the step's own forward 
 (:class:`~speechbrain_s4m.streaming.StreamStep`, the function the ONNX export traces)
 for a fixed number of frames with TorchInductor, which fuses the elementwise operators
 into a few C++ loops per pass and leaves the matrix products to the BLAS. Some of the
-lobes' operators would stay opaque calls there or be lowered slowly for these shapes,
-so the compiled step decomposes them into their formulas, as :mod:`speechbrain_s4m.onnx_lowering` lowers them to ONNX:
+lobes' operators would stay opaque calls there, or be lowered slowly for these shapes,
+so the compiled step decomposes them into their formulas (the first two as
+:mod:`speechbrain_s4m.onnx_lowering` lowers them to ONNX):
 
 * ``speechbrain_s4m::pairwise_mean`` into :func:`~speechbrain_s4m.lobes.s4m.mean_of_pairs`;
 * ``speechbrain_s4m::broadcast_gate`` into :func:`~speechbrain_s4m.lobes.s4m.gated_repetition`;
