@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import speechbrain as sb
 import torch
@@ -152,27 +152,29 @@ def build_datasets(hparams: Dict[str, Any], dynamic_mixing_layout: Optional[str]
     return train, valid, test
 
 
-def train_and_evaluate(
-    hparams: Dict[str, Any], args: RecipeArguments, datasets: Tuple[Any, Any, Any]
+def build_brain(
+    hparams: Dict[str, Any], args: RecipeArguments, brain_class: Type[SeparationBrain] = SeparationBrain
 ) -> SeparationBrain:
-    """Train with early stopping and checkpoints, then evaluate the best checkpoint
-    (by validation SI-SNR) on the test set, writing ``test_results.csv``. Under DDP
-    (torchrun) each rank then exits with status 0 (see ``_exit_distributed_rank``)."""
-    train, valid, test = datasets
-    brain = SeparationBrain(
+    """The recipe's Brain, its modules initialised from scratch as SpeechBrain's
+    recipes do (``fit`` then recovers the last checkpoint, if any, over these values;
+    under DDP, rank 0's values are broadcast when ``fit`` wraps the modules)."""
+    brain = brain_class(
         modules=hparams["modules"],
         opt_class=hparams["optimizer"],
         hparams=hparams,
         run_opts=args.run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    # From scratch, as SpeechBrain's recipes do; fit() then recovers the last
-    # checkpoint, if any, over these values.
     for module in brain.modules.values():
         reset_layer_recursively(module)
     if hparams["start_from_mixture"]:
         start_from_mixture(hparams["Encoder"], hparams["MaskNet"], hparams["Decoder"])
+    return brain
 
+
+def fit(brain: SeparationBrain, hparams: Dict[str, Any], train: Any, valid: Any) -> None:
+    """Train with early stopping and checkpoints (``brain.fit`` with the recipe's
+    loader options)."""
     train_opts = dict(hparams["dataloader_opts"])
     if not isinstance(train, sb.dataio.dataset.DynamicItemDataset):
         train_opts.setdefault("collate_fn", PaddedBatch)
@@ -185,13 +187,24 @@ def train_and_evaluate(
         train_loader_kwargs=train_opts,
         valid_loader_kwargs=hparams["dataloader_opts"],
     )
+
+
+def train_and_evaluate(
+    hparams: Dict[str, Any], args: RecipeArguments, datasets: Tuple[Any, Any, Any]
+) -> SeparationBrain:
+    """Train with early stopping and checkpoints, then evaluate the best checkpoint
+    (by validation SI-SNR) on the test set, writing ``test_results.csv``. Under DDP
+    (torchrun) each rank then exits with status 0 (see ``exit_distributed_rank``)."""
+    train, valid, test = datasets
+    brain = build_brain(hparams, args)
+    fit(brain, hparams, train, valid)
     brain.evaluate(test, min_key="si-snr", test_loader_kwargs=dict(hparams["test_dataloader_opts"]))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        _exit_distributed_rank()
+        exit_distributed_rank()
     return brain
 
 
-def _exit_distributed_rank() -> None:
+def exit_distributed_rank() -> None:
     """End a DDP rank whose work is done: wait for every rank, shut the process group
     down, flush the logs and leave without the interpreter's teardown, in which a
     finished rank aborted in 2 of 16 two-process test runs ("terminate called without

@@ -26,7 +26,9 @@ import torch
 from speechbrain.nnet.schedulers import ReduceLROnPlateau, update_learning_rate
 from speechbrain.utils.checkpoints import torch_patched_state_dict_load
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
+from torch import nn
 
+from speechbrain_s4m.distributed import agree
 from speechbrain_s4m.hparams_keys import BRAIN_KEYS, check_hparams
 from speechbrain_s4m.long_audio import separate_in_chunks
 from speechbrain_s4m.metrics import separation_metrics
@@ -299,7 +301,11 @@ class SeparationBrain(sb.Brain):
     for noisy mixtures, ``noise_sig`` (added back after speed perturbation).
     """
 
-    _separator: Optional[EncoderMaskerDecoder] = None
+    #: The keys of ``modules`` that the forward pass runs through.
+    SEPARATOR_MODULES = ("encoder", "masknet", "decoder")
+
+    _separator: Optional[nn.Module] = None
+    _whole_separator_data_parallel = False
 
     def __init__(self, modules=None, opt_class=None, hparams=None, run_opts=None, checkpointer=None):
         if hparams is not None:  # checked once; optional keys get their defaults
@@ -308,11 +314,40 @@ class SeparationBrain(sb.Brain):
         share_debug_checkpoints_dir(self)
 
     @property
-    def separator(self) -> EncoderMaskerDecoder:
-        """The one forward pass, over the hparams' lobes (not copies of them)."""
-        if self._separator is None:
-            self._separator = EncoderMaskerDecoder(self.hparams.Encoder, self.hparams.MaskNet, self.hparams.Decoder)
-        return self._separator
+    def separator(self) -> nn.Module:
+        """The one forward pass, through ``self.modules`` (not the hparams' lobes):
+        SpeechBrain wraps those in ``DistributedDataParallel`` or ``torch.compile``
+        (``--compile``) when ``fit`` starts, and DDP all-reduces the gradients only of
+        a forward pass that ran through its wrapper. Built again once they are wrapped.
+        Under ``--data_parallel_backend``, one ``DataParallel`` splits the batch over
+        the whole separator (see ``_wrap_distributed``)."""
+        missing = [name for name in self.SEPARATOR_MODULES if name not in self.modules]
+        if missing:
+            raise ValueError(
+                f"modules: expected the keys {', '.join(self.SEPARATOR_MODULES)} (the separator's "
+                f"Encoder, MaskNet and Decoder), missing {', '.join(missing)}"
+            )
+        lobes = [self.modules[name] for name in self.SEPARATOR_MODULES]
+        built = self._separator
+        inner = getattr(built, "module", built)  # under DataParallel
+        if built is None or any(a is not b for a, b in zip((inner.encoder, inner.masknet, inner.decoder), lobes)):
+            built = EncoderMaskerDecoder(*lobes)
+            if self._whole_separator_data_parallel:
+                built = nn.DataParallel(built)
+            self._separator = built
+        return built
+
+    def _wrap_distributed(self) -> None:
+        """SpeechBrain's wrapping, except for ``--data_parallel_backend`` (one process,
+        several GPUs): SpeechBrain wraps each module in ``DataParallel``, which gathers
+        every output along its first dimension, and the mask net's first dimension is
+        the speakers (``[spks, batch, E, L]``). The separator is wrapped whole instead
+        (batch first in and out)."""
+        if self.data_parallel_backend and not self.distributed_launch:
+            self._whole_separator_data_parallel = True
+            self._separator = None
+            return
+        super()._wrap_distributed()
 
     # ------------------------------------------------------------------ forward
     def separate(self, mix: torch.Tensor) -> torch.Tensor:
@@ -439,46 +474,119 @@ class SeparationBrain(sb.Brain):
             ) from error
 
     def fit_batch(self, batch):
-        """One optimisation step, skipping batches whose audio or loss is not finite
-        or whose loss is above ``loss_upper_lim`` (counted and logged)."""
+        """One training batch: forward, loss and backward pass, and an optimizer step
+        every ``grad_accumulation_factor`` batches (SpeechBrain's run option; the
+        gradients of the batches in between are accumulated, under DDP without an
+        all-reduce). A batch whose audio or loss is not finite, or whose loss is above
+        ``loss_upper_lim``, is skipped (counted and logged); skipping the batch of a
+        step drops the gradients accumulated for it.
+
+        Every decision is taken by all DDP ranks together (:func:`~speechbrain_s4m.
+        distributed.agree`): a batch is skipped everywhere if any rank must skip it,
+        and training stops everywhere once any rank has spent ``max_train_minutes``.
+        Between the forward and the backward pass there is one host synchronisation,
+        the reading of that vote."""
+        should_step = self.step % self.grad_accumulation_factor == 0
+        self.on_fit_batch_start(batch, should_step)
         mixture, targets, noise = self._batch_signals(batch)
         bad_files = self._non_finite_examples(batch, mixture, targets, noise)
-        if bad_files:
-            self.skipped_batches += 1
-            logger.warning(
-                f"Skipping a batch with non-finite audio (NaN or Inf) in {', '.join(bad_files)}; "
-                f"{self.skipped_batches} skipped so far"
-            )
-            loss = torch.zeros((), device=self.device)
-            self.on_fit_batch_end(batch, None, loss, False)
-            return loss.detach().cpu()
-        with self.training_ctx:
-            predictions, targets = self.compute_forward(mixture, targets, sb.Stage.TRAIN, noise)
-            loss = self.compute_objectives(predictions, targets)
-            self.train_audio_seconds += predictions.shape[0] * predictions.shape[1] / self.hparams.sample_rate
-            if self.hparams.threshold_byloss:
-                # Hard threshold: drop the examples already separated beyond it.
-                hard = loss[loss > self.hparams.threshold]
-                loss = hard.mean() if hard.numel() > 0 else loss.mean()
-            else:
-                loss = loss.mean()
+        before = agree(self.device, bad_audio=bool(bad_files), out_of_time=should_step and self._budget_spent())
+        out_of_time = before["out_of_time"]
+        if before["bad_audio"]:
+            where = ", ".join(bad_files) if bad_files else "a batch of another DDP rank"
+            self._skip_batch(should_step, f"with non-finite audio (NaN or Inf) in {where}")
+            return self._end_batch(batch, None, torch.zeros((), device=self.device), should_step, out_of_time)
 
-        if torch.isfinite(loss) and loss < self.hparams.loss_upper_lim:
-            self.scaler.scale(loss).backward()
-            self._schedule_learning_rate()
-            self.optimizers_step()  # unscale, clip at max_grad_norm, step, zero_grad
-        else:
-            self.skipped_batches += 1
-            logger.warning(
-                f"Skipping a batch with loss {loss.item():.4g} (non-finite or above "
-                f"loss_upper_lim={self.hparams.loss_upper_lim}); "
-                f"{self.skipped_batches} skipped so far"
+        with self.no_sync(not should_step):
+            with self.training_ctx:
+                predictions, targets = self.compute_forward(mixture, targets, sb.Stage.TRAIN, noise)
+                loss = self.training_loss(self.compute_objectives(predictions, targets))
+                self.train_audio_seconds += predictions.shape[0] * predictions.shape[1] / self.hparams.sample_rate
+            after = agree(self.device, non_finite=~torch.isfinite(loss), over_limit=loss >= self.hparams.loss_upper_lim)
+            skip = after["non_finite"] or after["over_limit"]
+            if not skip:
+                self.scaler.scale(loss / self.grad_accumulation_factor).backward()
+
+        if skip:
+            self._skip_batch(
+                should_step,
+                f"with loss {loss.item():.4g} (non-finite or above loss_upper_lim="
+                f"{self.hparams.loss_upper_lim} on this or another DDP rank)",
             )
-            self.zero_grad(set_to_none=True)
-            self.check_loss_isfinite(loss)  # stops after nonfinite_patience NaN losses
+            if after["non_finite"]:  # every rank stops after nonfinite_patience of them
+                self.check_loss_isfinite(torch.tensor(float("nan")))
             loss = torch.zeros((), device=self.device)
-        self.on_fit_batch_end(batch, predictions, loss, True)
+        elif should_step:
+            self._schedule_learning_rate()
+            self.optimizers_step()  # unscale, clip every group at max_grad_norm, step, zero_grad
+        return self._end_batch(batch, predictions, loss, should_step, out_of_time)
+
+    def training_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The batch's training loss from the per-example ``loss [batch]``: the mean,
+        or with ``threshold_byloss`` the mean over the examples whose loss is above
+        ``threshold`` (not yet separated beyond it; all of them if there are none),
+        computed on the device, without a host synchronisation.
+
+        Example
+        -------
+        >>> brain = SeparationBrain(modules={}, run_opts={"device": "cpu"})
+        >>> brain.hparams = type("hparams", (), {"threshold_byloss": True, "threshold": -30.0})
+        >>> brain.training_loss(torch.tensor([-40.0, -10.0, -20.0])).item()
+        -15.0
+        >>> brain.training_loss(torch.tensor([-40.0, -50.0])).item()
+        -45.0
+        """
+        if not self.hparams.threshold_byloss:
+            return loss.mean()
+        hard = loss > self.hparams.threshold  # [batch]: examples not yet separated beyond it
+        count = hard.sum()
+        hard_mean = torch.where(hard, loss, torch.zeros_like(loss)).sum() / count.clamp_min(1)
+        return torch.where(count > 0, hard_mean, loss.mean())
+
+    def _budget_spent(self) -> bool:
+        """Whether this rank has spent ``max_train_minutes`` of wall-clock time."""
+        budget = self.hparams.max_train_minutes
+        return bool(budget) and time.monotonic() - self.fit_start_time > 60 * budget
+
+    def _skip_batch(self, should_step: bool, reason: str) -> None:
+        """Count and log a skipped batch; on the batch of a step, drop the gradients
+        accumulated for it (under DDP they were never all-reduced)."""
+        self.skipped_batches += 1
+        logger.warning(f"Skipping a batch {reason}; {self.skipped_batches} skipped so far")
+        if should_step:
+            self.zero_grad(set_to_none=True)
+
+    def _end_batch(self, batch, predictions, loss, should_step: bool, out_of_time: bool) -> torch.Tensor:
+        """Stop training after this step once any rank has spent ``max_train_minutes``
+        (the epoch then ends with validation and a checkpoint, as at its end), call
+        ``on_fit_batch_end`` and return the detached loss."""
+        if out_of_time and stop_after_this_step(self):
+            logger.info(f"Training budget of {self.hparams.max_train_minutes} minutes spent; stopping")
+        self.on_fit_batch_end(batch, predictions, loss, should_step)
         return loss.detach().cpu()
+
+    def optimizers_step(self) -> None:
+        """SpeechBrain's ``optimizers_step`` (unscale, clip at ``max_grad_norm``, step,
+        ``zero_grad``, count the step), with the clipping over the global gradient
+        norm of every parameter group. SpeechBrain 1.1 clips ``param_groups[0]``
+        only, which leaves out the S4 state-space parameters (their ``_optim``
+        group) and, with ``remove_vector_weight_decay``, the biases and norms."""
+        if self.optimizers_dict is None:
+            return
+        optimizers = list(self.freeze_optimizers(self.optimizers_dict).values())
+        for optimizer in optimizers:
+            self.scaler.unscale_(optimizer)
+        for optimizer in optimizers:
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
+        if not self.scaler.is_enabled() and self.skip_nonfinite_grads:
+            self.check_gradients()
+        for optimizer in optimizers:
+            self.scaler.step(optimizer)
+        self.scaler.update()
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        self.optimizer_step += 1
 
     @staticmethod
     def _non_finite_examples(batch, mixture, targets, noise) -> List[str]:
@@ -569,14 +677,6 @@ class SeparationBrain(sb.Brain):
                         f"to {target} and resuming from the previous one"
                     )
         ddp_barrier()
-
-    def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        """Stop training once ``max_train_minutes`` of wall-clock time are spent: the
-        current epoch then ends with validation and a checkpoint, as at its end."""
-        budget = self.hparams.max_train_minutes
-        if budget and time.monotonic() - self.fit_start_time > 60 * budget:
-            if stop_after_this_step(self):
-                logger.info(f"Training budget of {budget} minutes spent; stopping")
 
     def on_stage_start(self, stage, epoch=None):
         if stage == sb.Stage.TRAIN:
