@@ -95,7 +95,7 @@ def test_parameters_are_grouped_by_their_optim_tag():
         optimizer_parameter_groups(toy)
 
 
-def _recipe_brain(tmp_path, *overrides):
+def _recipe_brain(tmp_path, *overrides, run_opts=None):
     """The SeparationBrain of the LibriMix S4M-tiny recipe (small), built as
     speechbrain_s4m/recipe.py builds it, with its optimizer initialised."""
     from hyperpyyaml import load_hyperpyyaml
@@ -116,10 +116,13 @@ def _recipe_brain(tmp_path, *overrides):
         modules=hparams["modules"],
         opt_class=hparams["optimizer"],
         hparams=hparams,
-        run_opts={"device": "cpu"},
+        run_opts={"device": "cpu", **(run_opts or {})},
         checkpointer=hparams["checkpointer"],
     )
     brain.init_optimizers()
+    brain.skipped_batches = 0  # as on_fit_start and on_stage_start(TRAIN) set them
+    brain.fit_start_time = 0.0
+    brain.train_audio_seconds = 0.0
     return brain
 
 
@@ -332,3 +335,66 @@ def test_training_crops_fall_within_each_examples_own_audio(tmp_path):
     mix, targets, _ = brain._batch_signals(batch)
     _, cropped = brain.compute_forward(mix, targets, sb.Stage.TRAIN)
     assert torch.equal(cropped[0], tiny.T)
+
+
+# ------------------------------------------------------- clipping and accumulation
+def _speech_examples(seed, count, length=1200):
+    """``count`` two-speaker mixtures of ``length`` samples, as a dataset yields them."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    examples = []
+    for i in range(count):
+        sources = torch.randn(2, length, generator=generator) * torch.tensor([[1.0], [0.5]])
+        examples.append({"id": f"ex{seed}-{i}", "mix_sig": sources.sum(0), "s1_sig": sources[0], "s2_sig": sources[1]})
+    return examples
+
+
+TRAIN_PLAINLY = ("use_speedperturb: False", "threshold_byloss: False", "seed: 7")
+
+
+def test_gradient_clipping_covers_every_parameter_group(tmp_path):
+    import torch
+    from speechbrain.dataio.batch import PaddedBatch
+
+    brain = _recipe_brain(tmp_path, *TRAIN_PLAINLY, "max_grad_norm: 0.001")
+    assert len(brain.optimizer.param_groups) == 2  # the S4 parameters have their own group
+    norms = []
+
+    def record(optimizer, args, kwargs):  # the gradients the step uses, after clipping
+        group_norms = [
+            torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in group["params"] if p.grad is not None]))
+            for group in optimizer.param_groups
+        ]
+        norms.append([torch.linalg.vector_norm(torch.stack(group_norms)).item(), *(n.item() for n in group_norms)])
+
+    brain.optimizer.register_step_pre_hook(record)
+    brain.step = 1
+    brain.fit_batch(PaddedBatch(_speech_examples(0, 2)))
+    [(total, first_group, ssm_group)] = norms
+    assert total == pytest.approx(0.001, rel=1e-4)
+    assert first_group > 0 and ssm_group > 0  # both groups took part
+
+
+def _after_one_step(folder, batches, factor):
+    """Parameters after feeding ``batches`` to a fresh recipe Brain (seed 7) with
+    ``grad_accumulation_factor`` ``factor``; one optimizer step must have been taken."""
+    brain = _recipe_brain(folder, *TRAIN_PLAINLY, run_opts={"grad_accumulation_factor": factor})
+    for step, batch in enumerate(batches, start=1):
+        brain.step = step  # as SpeechBrain's training loop counts batches
+        brain.fit_batch(batch)
+    assert brain.optimizer_step == 1
+    return {name: p.detach().clone() for name, p in brain.modules.named_parameters()}
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    import torch
+    from speechbrain.dataio.batch import PaddedBatch
+
+    examples = _speech_examples(0, 2)
+    whole = _after_one_step(tmp_path / "whole", [PaddedBatch(examples)], factor=1)
+    accumulated = _after_one_step(tmp_path / "accumulated", [PaddedBatch([e]) for e in examples], factor=2)
+    start = dict(_recipe_brain(tmp_path / "start", *TRAIN_PLAINLY).modules.named_parameters())
+    assert any(not torch.equal(start[name], value) for name, value in whole.items())  # a real step
+    for name, value in whole.items():
+        torch.testing.assert_close(accumulated[name], value, rtol=1e-4, atol=1e-6, msg=name)
