@@ -6,7 +6,8 @@ took 28 % of an S4M-tiny training step on 2 CPU threads (7.5 ms per call for 512
 channels x 2 x 2000 frames). The gradients are themselves a depthwise convolution
 (of the output gradient with the flipped taps, on the stride-dilated gradient for
 stride 2) and ``K`` per-channel dot products, which :class:`DepthwiseConvolution`
-computes directly. A 1x1 depthwise convolution is a per-channel scale and is computed
+computes directly, on the CPU only (:func:`depthwise_conv1d`: elsewhere the native
+backward runs). A 1x1 depthwise convolution is a per-channel scale and is computed
 as one broadcast multiply-add (oneDNN's is 35x slower on the CPU).
 
 Legend: ``B`` batch, ``C`` channels, ``L`` input frames, ``T`` output frames, ``K`` taps.
@@ -21,15 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechbrain_s4m.lobes.precision import autocast_dtype, float32_region
 from speechbrain_s4m.lobes.stream_state import StreamState
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype autocast would run a convolution of ``x`` in (``x``'s without it)."""
-    device = x.device.type
-    if torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return x.dtype
 
 
 class DepthwiseConvolution(torch.autograd.Function):
@@ -54,8 +48,8 @@ class DepthwiseConvolution(torch.autograd.Function):
         stride: int,
         padding: int,
     ) -> torch.Tensor:
-        dtype = _compute_dtype(x)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        dtype = autocast_dtype(x)
+        with float32_region(x.device):
             x_c, w_c = x.to(dtype), weight.to(dtype)
             b_c = None if bias is None else bias.to(dtype)
             y = F.conv1d(x_c, w_c, b_c, stride=stride, padding=padding, groups=x.shape[1])
@@ -96,6 +90,26 @@ class DepthwiseConvolution(torch.autograd.Function):
         if b_dtype is not None and ctx.needs_input_grad[2]:
             grad_b = grad.sum(-1).sum(0).to(b_dtype)
         return grad_x, grad_w, grad_b, None, None
+
+
+def depthwise_conv1d(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int, padding: int
+) -> torch.Tensor:
+    """``F.conv1d(x, weight, bias, stride, padding, groups=C)``, one forward pass whose
+    backward pass is chosen by device: on the CPU the written-out one of
+    :class:`DepthwiseConvolution` (measured faster than oneDNN's there), elsewhere the
+    native one (cuDNN's on CUDA).
+
+    Example
+    -------
+    >>> x, w = torch.randn(2, 3, 20, requires_grad=True), torch.randn(3, 1, 5, requires_grad=True)
+    >>> y = depthwise_conv1d(x, w, None, 2, 2)
+    >>> y.shape, y.grad_fn.name()  # on the CPU
+    (torch.Size([2, 3, 10]), 'DepthwiseConvolutionBackward')
+    """
+    if x.device.type == "cpu":
+        return DepthwiseConvolution.apply(x, weight, bias, stride, padding)
+    return F.conv1d(x, weight, bias, stride=stride, padding=padding, groups=x.shape[1])
 
 
 def sum_of_taps(
@@ -200,4 +214,4 @@ class DepthwiseConv1d(nn.Conv1d):
             x = torch.cat([past, x], dim=-1)  # [B, C, left + L]
             if stream is not None:
                 stream.set(self, x[..., -self.left_context :])
-        return DepthwiseConvolution.apply(x, self.weight, self.bias, self.stride[0], self.padding[0])
+        return depthwise_conv1d(x, self.weight, self.bias, self.stride[0], self.padding[0])

@@ -87,9 +87,9 @@ class WaveformEncoder(nn.Conv1d):
         E, J = W.shape[0], K // S  # J frames overlap each sample
         padded = F.pad(W, (K, K))  # [E, 3K]: column c + K is w_c, zero outside [0, K)
         D = torch.empty_like(W)
-        lags = torch.arange(-K + 1, K)  # m
+        lags = torch.arange(-K + 1, K, device=W.device)  # m
         for p in range(S):
-            rows = p + S * torch.arange(J)  # [J]: the rows p + jS of G
+            rows = p + S * torch.arange(J, device=W.device)  # [J]: the rows p + jS of G
             # system[m, j, e] = W[e, p + jS + m]: the lag-m equation's coefficients of D[e, p + jS]
             system = padded[:, (rows[None, :] + lags[:, None]) + K].permute(1, 2, 0)  # [M, J, E]
             target = (lags == 0).double()[:, None]  # [M, 1]

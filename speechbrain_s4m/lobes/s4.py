@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechbrain_s4m.lobes.pointwise import PointwiseConv1d
+from speechbrain_s4m.lobes.precision import float32_region
 from speechbrain_s4m.lobes.s4_kernel import DiagonalKernel, DPLRKernel, SSMKernel, fft_length
 from speechbrain_s4m.lobes.s4_recurrence import (
     MAX_CHUNK,
@@ -40,11 +41,6 @@ __all__ = ["S4", "ScannedS4", "fft_length"]
 KERNELS = {"dplr": DPLRKernel, "diag": DiagonalKernel}
 # Parameters that lived on the layer before the kernel module was split off.
 _KERNEL_PARAMETERS = ("log_dt", "log_neg_real", "imag", "input_matrix", "low_rank", "output_matrix", "skip")
-
-
-def _float32_region(device: torch.device):
-    """Context in which autocast is off, so that kernels and FFTs stay float32."""
-    return torch.autocast(device_type=device.type, enabled=False)
 
 
 class S4(nn.Module):
@@ -159,7 +155,7 @@ class S4(nn.Module):
         """
         if length < 1:
             raise ValueError(f"S4: kernel length must be >= 1, got {length}")
-        with _float32_region(self.kernel.skip.device):
+        with float32_region(self.kernel.skip.device):
             # The taps come from the generating function at fft_length(L) points, half
             # as many Cauchy evaluations as at the n points of the convolution.
             spectrum = torch.fft.rfft(self.kernel(length), n=fft_length(2 * length))
@@ -208,7 +204,7 @@ class S4(nn.Module):
                 f"kernel_spectrum({L})) for an input of length {L}, got "
                 f"{tuple(spectrum.shape)}"
             )
-        with _float32_region(x.device):
+        with float32_region(x.device):
             u_f = torch.fft.rfft(x.float(), n=n)  # [B, H, n // 2 + 1]
             y = torch.fft.irfft(u_f * spectrum, n=n)[..., :L]  # [B, H, L]
         return self._output(y, x.dtype)
@@ -219,7 +215,7 @@ class S4(nn.Module):
         from the discretised system computed once: build it once per stream and pass
         it to every :meth:`forward_recurrent` call."""
         self._require_causal("recurrence")
-        with _float32_region(self.kernel.skip.device):
+        with float32_region(self.kernel.skip.device):
             return SSMRecurrence(self.kernel.discretize())
 
     def forward_recurrent(
@@ -249,7 +245,7 @@ class S4(nn.Module):
         self._check_input(x)
         if state is None:
             state = recurrence.initial_state(x.shape[0])
-        with _float32_region(x.device):
+        with float32_region(x.device):
             y, state = recurrence(x, state)
         return self._output(y, x.dtype), state
 
@@ -289,7 +285,7 @@ class ScannedS4(nn.Module):
     def __init__(self, layer: S4, chunk: int = MAX_CHUNK, steps: int = MAX_SCAN_STEPS):
         super().__init__()
         self.layer = layer
-        with torch.no_grad(), _float32_region(layer.kernel.skip.device):
+        with torch.no_grad(), float32_region(layer.kernel.skip.device):
             system = layer.kernel.discretize()
             directions = 2 if layer.bidirectional else 1
             # Both directions of a bidirectional layer in one scan, their channels stacked.

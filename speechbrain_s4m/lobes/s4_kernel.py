@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from speechbrain_s4m.lobes.hippo import dplr_legs
+from speechbrain_s4m.lobes.precision import float32_region
 
 FREQUENCY_CHUNK = 2048  # frequencies per Cauchy product: bounds memory on long inputs
 SSM_OPTIMIZER_SETTINGS = {"weight_decay": 0.0}  # state-spaces/s4's ``_optim`` tag
@@ -249,7 +250,7 @@ class SSMKernel(nn.Module):
         if not 1 <= length <= fft_size:
             raise ValueError(f"S4 kernel: expected 1 <= length <= fft_size, got length={length}, fft_size={fft_size}")
         device = self.log_dt.device
-        with torch.autocast(device_type=device.type, enabled=False):
+        with float32_region(device):
             z, one_minus_z, z_power = unit_circle(length, fft_size, device)
             terms = self._generating_terms(length)
             sums = torch.cat(
@@ -374,8 +375,10 @@ class DPLRKernel(SSMKernel):
         A = torch.diag_embed(lam) - P.unsqueeze(-1) * P.conj().unsqueeze(-2)  # [H, N, N]
         half_step = (dt / 2).to(lam.dtype)[:, None, None]
         backward = eye - half_step * A  # I - Delta/2 A
-        A_bar = torch.linalg.solve(backward, eye + half_step * A)
-        B_bar = torch.linalg.solve(backward, (dt.to(lam.dtype)[:, None] * B).unsqueeze(-1))
+        # solve_ex without its error check: solve would read the LU's status on the
+        # host, a synchronisation on CUDA (I - Delta/2 A is invertible for Re(lambda) < 0)
+        A_bar, _ = torch.linalg.solve_ex(backward, eye + half_step * A)
+        B_bar, _ = torch.linalg.solve_ex(backward, (dt.to(lam.dtype)[:, None] * B).unsqueeze(-1))
         return A_bar, B_bar.squeeze(-1)
 
     def _generating_terms(self, length):

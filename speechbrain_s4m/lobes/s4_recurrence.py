@@ -135,8 +135,9 @@ class ChunkOperators(NamedTuple):
             observers.append(torch.einsum("hn,hnk->hk", observers[-1], A))
         taps = torch.einsum("hn,khn->hk", C, torch.stack(powers_B))  # K[k] = C A^k B: [H, m]
         taps[:, 0] += D
-        lag = torch.arange(length)[:, None] - torch.arange(length)[None, :]  # t - j
-        toeplitz = torch.where(lag >= 0, taps[:, lag.clamp(min=0)], torch.zeros((), dtype=taps.dtype))  # [H, m, m]
+        frames = torch.arange(length, device=taps.device)
+        lag = frames[:, None] - frames[None, :]  # t - j
+        toeplitz = torch.where(lag >= 0, taps[:, lag.clamp(min=0)], taps.new_zeros(()))  # [H, m, m]
         output = torch.cat([torch.stack(observers, 1), toeplitz], -1)  # [H, m, N + m]
         gathered = torch.stack(powers_B[::-1], -1)  # G[j] = A^(m-1-j) B: [H, N, m]
         state = torch.cat([torch.linalg.matrix_power(A, length), gathered], -1)  # [H, N, N + m]

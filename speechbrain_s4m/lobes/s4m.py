@@ -686,6 +686,7 @@ class S4MMaskNet(nn.Module):
         """
         if not isinstance(self.norm, nn.GroupNorm):
             return self.norm(x)
+        dtype = x.dtype  # returned in it: a model cast with .half() or .bfloat16() goes on in its dtype
         x, weights = x.float(), signal.float()  # float32 statistics, as GroupNorm's under autocast
         count = weights.sum() * x.shape[1]
 
@@ -698,7 +699,7 @@ class S4MMaskNet(nn.Module):
         centred = x - mean
         variance = total(centred.square()) / count
         normalised = centred * torch.rsqrt(variance + self.norm.eps)
-        return torch.addcmul(self.norm.bias[:, None], normalised, self.norm.weight[:, None])
+        return torch.addcmul(self.norm.bias[:, None].float(), normalised, self.norm.weight[:, None].float()).to(dtype)
 
     def start_from_uniform_masks(self, weight_scale: float = 0.1) -> None:
         """Re-initialise the mask head so that every mask starts near ``1 / num_spks``:
