@@ -1,6 +1,6 @@
 """Training on several processes (DDP on gloo, CPU): every rank trains one model and
-takes the same decisions. Each test runs tests/ddp_fit.py (the LibriMix recipe, small
-models) under torchrun and compares what the ranks end with."""
+takes the same decisions. Each test runs tests/ddp_fit.py (speechbrain_s4m.ddp_check:
+the LibriMix recipe, small models) under torchrun and compares what the ranks end with."""
 
 import os
 import subprocess
@@ -12,6 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 from tiny_datasets import make_librimix
+
+from speechbrain_s4m.ddp_check import differing_parameters
 
 pytestmark = pytest.mark.slow  # spawns processes (see tests/conftest.py)
 
@@ -50,18 +52,17 @@ def train_two_ranks(hparams, data, out, *options, port, env=None):
     return states, result.stdout + result.stderr
 
 
-def assert_same_model(states):
-    first, second = (state["parameters"] for state in states)
-    assert first.keys() == second.keys()
-    differing = [name for name in first if not torch.equal(first[name], second[name])]
+def assert_same_model(states, log):
+    differing = differing_parameters(states)
     assert not differing, f"the ranks ended with different {differing[:5]}"
+    assert "ranks agree: 2 ranks" in log  # ddp_check's own verdict
 
 
 @pytest.mark.parametrize("hparams, port", [("s4m_tiny", 29571), ("sepformer", 29572)])
 def test_two_ranks_train_one_model(hparams, port, tmp_path):
     data = make_librimix(tmp_path / "data", n_train=8)
-    states, _ = train_two_ranks(hparams, data, tmp_path / "out", "--N_epochs=1", port=port)
-    assert_same_model(states)
+    states, log = train_two_ranks(hparams, data, tmp_path / "out", "--N_epochs=1", port=port)
+    assert_same_model(states, log)
     assert [s["optimizer_step"] for s in states] == [4, 4]  # 8 examples, 2 ranks, batch 1
 
 
@@ -81,7 +82,7 @@ def test_ranks_agree_on_a_nan_example_and_a_budget_spent_on_one_rank(tmp_path):
         port=29573,
         env={"S4M_BUDGET_STEPS_ON_RANK1": "5"},
     )
-    assert_same_model(states)
+    assert_same_model(states, log)
     steps = [s["optimizer_step"] for s in states]
     skipped = [s["skipped"] for s in states]
     assert steps[0] == steps[1] and skipped[0] == skipped[1] >= 1, (steps, skipped)
