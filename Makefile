@@ -39,5 +39,11 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/s4m-bench $(BENCH_ARGS)
 
+# The GPU checks (training in fp32 / fp16 / bf16, CPU-CUDA parity, streaming, the
+# recipe in mixed precision, two DDP processes, GPU-RTF); without CUDA, the CPU half.
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	$(PY) -m speechbrain_s4m.gpu_check $(GPU_CHECK_ARGS)
+
 clean-venv:
 	rm -rf $(VENV)
