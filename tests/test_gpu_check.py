@@ -26,7 +26,6 @@ def test_gpu_check_runs_its_cpu_half(tmp_path):
         "train step S4M bf16",
         "train step Sepformer bf16",
         "stream = offline (causal S4M-tiny)",
-        "recipe --precision=fp16",
         "recipe --precision=bf16",
         "DDP, 2 processes on one device (gloo)",
     ]:

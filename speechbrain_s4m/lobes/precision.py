@@ -15,6 +15,18 @@ from typing import ContextManager
 import torch
 
 
+@torch.compiler.assume_constant_result  # Dynamo cannot trace the query; it is a constant per device type
+def has_autocast(device_type: str) -> bool:
+    """Whether autocast exists for ``device_type`` (not for ``meta``).
+
+    Example
+    -------
+    >>> has_autocast("cpu"), has_autocast("meta")
+    (True, False)
+    """
+    return torch.amp.is_autocast_available(device_type)
+
+
 def float32_region(device: torch.device) -> ContextManager:
     """A context in which autocast is off on ``device``, so that what runs inside stays
     in the dtypes it is given (float32 for the S4 kernels and FFTs).
@@ -28,7 +40,7 @@ def float32_region(device: torch.device) -> ContextManager:
     ...     (torch.ones(2, 2, device="meta") @ torch.ones(2, 2, device="meta")).dtype
     torch.float32
     """
-    if not torch.amp.is_autocast_available(device.type):
+    if not has_autocast(device.type):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, enabled=False)
 
@@ -45,6 +57,6 @@ def autocast_dtype(x: torch.Tensor) -> torch.dtype:
     torch.float16
     """
     device = x.device.type
-    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+    if has_autocast(device) and torch.is_autocast_enabled(device):
         return torch.get_autocast_dtype(device)
     return x.dtype
