@@ -58,7 +58,8 @@ def assert_same_model(states, log):
     assert "ranks agree: 2 ranks" in log  # ddp_check's own verdict
 
 
-@pytest.mark.parametrize("hparams, port", [("s4m_tiny", 29571), ("sepformer", 29572)])
+# S4M-tiny: in the test below, which also puts a NaN example and a budget on one rank.
+@pytest.mark.parametrize("hparams, port", [("sepformer", 29572)])
 def test_two_ranks_train_one_model(hparams, port, tmp_path):
     data = make_librimix(tmp_path / "data", n_train=8)
     states, log = train_two_ranks(hparams, data, tmp_path / "out", "--N_epochs=1", port=port)
