@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechbrain_s4m.lobes.precision import autocast_dtype, float32_region
+from speechbrain_s4m.lobes.precision import autocast_dtype, without_autocast
 from speechbrain_s4m.lobes.stream_state import StreamState
 
 
@@ -49,7 +49,7 @@ class DepthwiseConvolution(torch.autograd.Function):
         padding: int,
     ) -> torch.Tensor:
         dtype = autocast_dtype(x)
-        with float32_region(x.device):
+        with without_autocast(x.device):
             x_c, w_c = x.to(dtype), weight.to(dtype)
             b_c = None if bias is None else bias.to(dtype)
             y = F.conv1d(x_c, w_c, b_c, stride=stride, padding=padding, groups=x.shape[1])

@@ -27,16 +27,16 @@ def has_autocast(device_type: str) -> bool:
     return torch.amp.is_autocast_available(device_type)
 
 
-def float32_region(device: torch.device) -> ContextManager:
+def without_autocast(device: torch.device) -> ContextManager:
     """A context in which autocast is off on ``device``, so that what runs inside stays
     in the dtypes it is given (float32 for the S4 kernels and FFTs).
 
     Example
     -------
-    >>> with torch.autocast("cpu", dtype=torch.bfloat16), float32_region(torch.device("cpu")):
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16), without_autocast(torch.device("cpu")):
     ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
     torch.float32
-    >>> with float32_region(torch.device("meta")):  # no autocast on meta
+    >>> with without_autocast(torch.device("meta")):  # no autocast on meta
     ...     (torch.ones(2, 2, device="meta") @ torch.ones(2, 2, device="meta")).dtype
     torch.float32
     """

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechbrain_s4m.lobes.pointwise import PointwiseConv1d
-from speechbrain_s4m.lobes.precision import float32_region
+from speechbrain_s4m.lobes.precision import without_autocast
 from speechbrain_s4m.lobes.s4_kernel import DiagonalKernel, DPLRKernel, SSMKernel, fft_length
 from speechbrain_s4m.lobes.s4_recurrence import (
     MAX_CHUNK,
@@ -155,7 +155,7 @@ class S4(nn.Module):
         """
         if length < 1:
             raise ValueError(f"S4: kernel length must be >= 1, got {length}")
-        with float32_region(self.kernel.skip.device):
+        with without_autocast(self.kernel.skip.device):
             # The taps come from the generating function at fft_length(L) points, half
             # as many Cauchy evaluations as at the n points of the convolution.
             spectrum = torch.fft.rfft(self.kernel(length), n=fft_length(2 * length))
@@ -204,7 +204,7 @@ class S4(nn.Module):
                 f"kernel_spectrum({L})) for an input of length {L}, got "
                 f"{tuple(spectrum.shape)}"
             )
-        with float32_region(x.device):
+        with without_autocast(x.device):
             u_f = torch.fft.rfft(x.float(), n=n)  # [B, H, n // 2 + 1]
             y = torch.fft.irfft(u_f * spectrum, n=n)[..., :L]  # [B, H, L]
         return self._output(y, x.dtype)
@@ -215,7 +215,7 @@ class S4(nn.Module):
         from the discretised system computed once: build it once per stream and pass
         it to every :meth:`forward_recurrent` call."""
         self._require_causal("recurrence")
-        with float32_region(self.kernel.skip.device):
+        with without_autocast(self.kernel.skip.device):
             return SSMRecurrence(self.kernel.discretize())
 
     def forward_recurrent(
@@ -245,7 +245,7 @@ class S4(nn.Module):
         self._check_input(x)
         if state is None:
             state = recurrence.initial_state(x.shape[0])
-        with float32_region(x.device):
+        with without_autocast(x.device):
             y, state = recurrence(x, state)
         return self._output(y, x.dtype), state
 
@@ -285,7 +285,7 @@ class ScannedS4(nn.Module):
     def __init__(self, layer: S4, chunk: int = MAX_CHUNK, steps: int = MAX_SCAN_STEPS):
         super().__init__()
         self.layer = layer
-        with torch.no_grad(), float32_region(layer.kernel.skip.device):
+        with torch.no_grad(), without_autocast(layer.kernel.skip.device):
             system = layer.kernel.discretize()
             directions = 2 if layer.bidirectional else 1
             # Both directions of a bidirectional layer in one scan, their channels stacked.

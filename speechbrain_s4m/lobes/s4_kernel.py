@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from speechbrain_s4m.lobes.hippo import dplr_legs
-from speechbrain_s4m.lobes.precision import float32_region
+from speechbrain_s4m.lobes.precision import without_autocast
 
 FREQUENCY_CHUNK = 2048  # frequencies per Cauchy product: bounds memory on long inputs
 SSM_OPTIMIZER_SETTINGS = {"weight_decay": 0.0}  # state-spaces/s4's ``_optim`` tag
@@ -250,7 +250,7 @@ class SSMKernel(nn.Module):
         if not 1 <= length <= fft_size:
             raise ValueError(f"S4 kernel: expected 1 <= length <= fft_size, got length={length}, fft_size={fft_size}")
         device = self.log_dt.device
-        with float32_region(device):
+        with without_autocast(device):
             z, one_minus_z, z_power = unit_circle(length, fft_size, device)
             terms = self._generating_terms(length)
             sums = torch.cat(
