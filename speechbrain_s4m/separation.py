@@ -491,18 +491,23 @@ class SeparationBrain(sb.Brain):
         mixture, targets, noise = self._batch_signals(batch)
         bad_files = self._non_finite_examples(batch, mixture, targets, noise)
         before = agree(self.device, bad_audio=bool(bad_files), out_of_time=should_step and self._budget_spent())
-        out_of_time = before["out_of_time"]
         if before["bad_audio"]:
             where = ", ".join(bad_files) if bad_files else "a batch of another DDP rank"
             self._skip_batch(should_step, f"with non-finite audio (NaN or Inf) in {where}")
-            return self._end_batch(batch, None, torch.zeros((), device=self.device), should_step, out_of_time)
+            zero = torch.zeros((), device=self.device)
+            return self._end_batch(batch, None, zero, should_step, before["out_of_time"])
 
         with self.no_sync(not should_step):
             with self.training_ctx:
                 predictions, targets = self.compute_forward(mixture, targets, sb.Stage.TRAIN, noise)
                 loss = self.training_loss(self.compute_objectives(predictions, targets))
                 self.train_audio_seconds += predictions.shape[0] * predictions.shape[1] / self.hparams.sample_rate
-            after = agree(self.device, non_finite=~torch.isfinite(loss), over_limit=loss >= self.hparams.loss_upper_lim)
+            after = agree(  # the clock read after the forward pass: the budget ends with this batch
+                self.device,
+                non_finite=~torch.isfinite(loss),
+                over_limit=loss >= self.hparams.loss_upper_lim,
+                out_of_time=should_step and self._budget_spent(),
+            )
             skip = after["non_finite"] or after["over_limit"]
             if not skip:
                 self.scaler.scale(loss / self.grad_accumulation_factor).backward()
@@ -519,7 +524,7 @@ class SeparationBrain(sb.Brain):
         elif should_step:
             self._schedule_learning_rate()
             self.optimizers_step()  # unscale, clip every group at max_grad_norm, step, zero_grad
-        return self._end_batch(batch, predictions, loss, should_step, out_of_time)
+        return self._end_batch(batch, predictions, loss, should_step, after["out_of_time"])
 
     def training_loss(self, loss: torch.Tensor) -> torch.Tensor:
         """The batch's training loss from the per-example ``loss [batch]``: the mean,
