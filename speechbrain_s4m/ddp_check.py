@@ -22,6 +22,7 @@ import sys
 from typing import Dict, List, Sequence, Type
 
 import torch
+from speechbrain.utils.distributed import is_distributed_initialized
 
 from speechbrain_s4m import recipe
 from speechbrain_s4m.data.preparation import prepare_librimix
@@ -65,8 +66,9 @@ def run(argv: Sequence[str], brain_class: Type[SeparationBrain] = SeparationBrai
     train, valid, _ = recipe.build_datasets(hparams, dynamic_mixing_layout="librispeech")
     brain = recipe.build_brain(hparams, args, brain_class)
     recipe.fit(brain, hparams, train, valid)
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    distributed = is_distributed_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    world = torch.distributed.get_world_size() if distributed else 1
     folder = hparams["output_folder"]
     torch.save(rank_state(brain, hparams["modules"]), os.path.join(folder, f"rank{rank}.pt"))
     if world > 1:

@@ -14,13 +14,9 @@ from typing import Dict, Union
 
 import torch
 import torch.distributed as dist
+from speechbrain.utils.distributed import is_distributed_initialized
 
 Flag = Union[bool, torch.Tensor]
-
-
-def is_distributed() -> bool:
-    """Whether a torch.distributed process group is running (``torchrun``)."""
-    return dist.is_available() and dist.is_initialized()
 
 
 def any_rank(flags: torch.Tensor) -> torch.Tensor:
@@ -34,7 +30,7 @@ def any_rank(flags: torch.Tensor) -> torch.Tensor:
     """
     if flags.dtype != torch.bool:
         raise ValueError(f"any_rank: expected boolean flags, got dtype {flags.dtype}")
-    if not is_distributed():
+    if not is_distributed_initialized():
         return flags
     votes = flags.to(torch.int32)  # every backend reduces integers
     dist.all_reduce(votes, op=dist.ReduceOp.MAX)
@@ -60,7 +56,7 @@ def agree(device: Union[str, torch.device], **flags: Flag) -> Dict[str, bool]:
             if flag.numel() != 1:
                 raise ValueError(f"agree: flag {name} must hold one value, got shape {tuple(flag.shape)}")
             votes[name] = flag.reshape(()).to(device=device, dtype=torch.bool)
-        elif is_distributed():  # a kernel fill, not a host-to-device copy
+        elif is_distributed_initialized():  # a kernel fill, not a host-to-device copy
             votes[name] = torch.full((), bool(flag), dtype=torch.bool, device=device)
     decided = {name: bool(flag) for name, flag in flags.items()}
     if votes:

@@ -23,7 +23,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml, resolve_references
 from ruamel.yaml import YAML
 from speechbrain.dataio.batch import PaddedBatch
-from speechbrain.utils.distributed import ddp_init_group, if_main_process, run_on_main
+from speechbrain.utils.distributed import ddp_init_group, if_main_process, is_distributed_initialized, run_on_main
 
 from speechbrain_s4m.hparams_keys import RECIPE_KEYS, check_hparams
 from speechbrain_s4m.separation import SeparationBrain, reset_layer_recursively, start_from_mixture
@@ -199,7 +199,7 @@ def train_and_evaluate(
     brain = build_brain(hparams, args)
     fit(brain, hparams, train, valid)
     brain.evaluate(test, min_key="si-snr", test_loader_kwargs=dict(hparams["test_dataloader_opts"]))
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if is_distributed_initialized():
         exit_distributed_rank()
     return brain
 
