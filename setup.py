@@ -44,6 +44,7 @@ setup(
         "console_scripts": [
             "s4m-export=speechbrain_s4m.export:main",
             "s4m-export-onnx=speechbrain_s4m.onnx_export:main",
+            "s4m-compile=speechbrain_s4m.aot_compile:main",
             "s4m-separate=speechbrain_s4m.separate:main",
             "s4m-make-librimix=speechbrain_s4m.data.librispeech_mixtures:main",
             "s4m-make-data=speechbrain_s4m.data.synthetic:main",

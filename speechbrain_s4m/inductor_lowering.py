@@ -41,8 +41,7 @@ Authors
 """
 
 import shutil
-from functools import partial
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -54,15 +53,12 @@ aten = torch.ops.aten
 
 
 def shared_constants(graph: torch.fx.Graph) -> None:
-    """One constant for each weight that every unfolded pass uses, dense and packed.
+    """One constant for each weight that every unfolded pass uses.
 
-    Freezing makes each use of a weight a constant, and Inductor's linear pattern packs
-    each use for MKL on its own (its de-duplication of packed weights compares the
-    transposed weight nodes, which the pattern itself creates once per use): full-size
-    S4M-tiny (16 passes) read 82 packed copies of 6 weights per step. Here equal dense
-    constants become one, and so do the packed weights of one dense weight at one batch
-    size (an opaque buffer, known by what it was packed from: ``_mkl_linear``'s
-    ``(input, packed, weight, bias, batch size)``). Applied as Inductor's
+    Freezing folds what the graph computes from the weights alone (a transposed copy
+    of a weight for a product, say) into constants, one per use: full-size S4M-tiny has
+    16 unfolded passes, so each pass would read its own copy. Here equal constants
+    (same shape, strides, dtype, device and values) become one. Applied as Inductor's
     ``post_grad_custom_pre_pass``, after freezing.
 
     Example
@@ -81,7 +77,7 @@ def shared_constants(graph: torch.fx.Graph) -> None:
     for node in list(graph.find_nodes(op="get_attr")):
         value = getattr(module, node.target, None)
         if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
-            continue  # (an opaque packed weight has no values to compare: below)
+            continue  # an opaque buffer has no values to compare
         same = kept.setdefault((tuple(value.shape), value.stride(), value.dtype, value.device), [])
         twin = next((n for n in same if torch.equal(getattr(module, n.target), value)), None)
         if twin is None:
@@ -89,20 +85,10 @@ def shared_constants(graph: torch.fx.Graph) -> None:
         else:
             node.replace_all_uses_with(twin)
             graph.erase_node(node)
-    packed: Dict[tuple, torch.fx.Node] = {}
-    mkl_linear = torch.ops.mkl._mkl_linear  # the pattern calls the packet, not an overload
-    for product in [*graph.find_nodes(op="call_function", target=mkl_linear)]:
-        _, weight_packed, weight, _, batch_size = product.args
-        first = packed.setdefault((weight, batch_size), weight_packed)
-        if first is not weight_packed:
-            product.replace_input_with(weight_packed, first)
-            if not weight_packed.users:
-                graph.erase_node(weight_packed)
 
 
 INDUCTOR_CONFIG = {
     "freezing": True,
-    "cpp_wrapper": True,
     "fx_graph_cache": False,
     "post_grad_custom_pre_pass": shared_constants,
 }
@@ -213,33 +199,25 @@ def require_compiler() -> None:
         )
 
 
-def compile_step(step: nn.Module) -> Callable:
-    """``step`` (a :class:`~speechbrain_s4m.streaming.StreamStep`) compiled by Inductor
-    with :func:`decompositions`, for the static shapes of its inputs.
-
-    The compilation happens on the first call, which must run without autograd
-    (``torch.inference_mode`` or ``torch.no_grad``); the weights are then frozen into
-    the graph. Every later call must pass inputs of the first call's shapes, strides and
-    dtypes (as :class:`~speechbrain_s4m.compiled_stream.CompiledStreamingSeparator`
-    does): it runs the compiled graph without evaluating Dynamo's guards, which on one
-    thread cost about 1.4 ms per call, as much as a fifth of a two-pass step."""
+def compile_package(
+    module: nn.Module,
+    inputs: Tuple[torch.Tensor, ...],
+    package_path: str,
+    dynamic_shapes: Optional[Tuple[object, ...]] = None,
+) -> str:
+    """Compile ``module`` ahead of time on ``inputs`` into the AOTInductor package
+    ``package_path`` (a ``.pt2`` file, loaded by ``torch._inductor.aoti_load_package``
+    with no compiler and no Python graph): exported by ``torch.export`` (every dynamic
+    size size-oblivious, as the ONNX export traces), decomposed with
+    :func:`decompositions`, the weights frozen into the package, and compiled with the
+    C++ compiler. The kernels use the torch threads of the time of compiling
+    (``torch.get_num_threads()``). Returns the package's path."""
     require_compiler()
-    from torch._inductor.compile_fx import compile_fx
+    from torch.fx.experimental import _config as fx_config
 
-    backend = partial(compile_fx, decompositions=decompositions())
-    compiled = torch.compile(step, backend=backend, dynamic=False, fullgraph=True)
-    compiled_once = False
+    with torch.no_grad(), fx_config.patch(backed_size_oblivious=True):
+        program = torch.export.export(module, inputs, dynamic_shapes=dynamic_shapes, strict=False)
+        program = program.run_decompositions(decompositions())
+    from torch._inductor import aoti_compile_and_package
 
-    def run(*inputs: torch.Tensor):
-        nonlocal compiled_once
-        if compiled_once:  # one graph, whose guards the inputs meet: see above
-            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                return compiled(*inputs)
-        # Inductor reads ``freezing`` from its global configuration only (as
-        # ``config_patches`` of ``compile_fx`` it is ignored), so all of it is patched here
-        with torch._functorch.config.patch(enable_autograd_cache=False), torch._inductor.config.patch(INDUCTOR_CONFIG):
-            outputs = compiled(*inputs)
-        compiled_once = True
-        return outputs
-
-    return run
+    return aoti_compile_and_package(program, package_path=package_path, inductor_configs=INDUCTOR_CONFIG)

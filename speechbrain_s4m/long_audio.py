@@ -152,7 +152,9 @@ class LongAudioSeparator:
         and ``hparams.sample_rate`` works. Chunks go through
         :class:`~speechbrain_s4m.separator.EncoderMaskerDecoder` over those modules.
         An :class:`~speechbrain_s4m.onnx_runtime.OnnxSeparator` works too
-        (:meth:`from_onnx`): chunks then go through its ``separator.onnx``.
+        (:meth:`from_onnx`): chunks then go through its ``separator.onnx``; and a
+        :class:`~speechbrain_s4m.compiled_runtime.CompiledSeparator`
+        (:meth:`from_compiled`), through its ``separator.pt2``.
     chunk_seconds : float
         Chunk length; recordings up to this long are separated in one pass.
     overlap_seconds : float
@@ -183,7 +185,7 @@ class LongAudioSeparator:
             self.sample_rate, self.num_spks = int(separator.hparams.sample_rate), int(separator.hparams.num_spks)
             self.model = EncoderMaskerDecoder(mods.encoder, mods.masknet, mods.decoder).eval()
             self.device, self.min_samples = torch.device(separator.device), encoder_kernel_size(mods.encoder)
-        else:  # an OnnxSeparator: numpy in and out, on the CPU
+        else:  # an OnnxSeparator or a CompiledSeparator: numpy in and out, on the CPU
             self.sample_rate, self.num_spks = separator.sample_rate, separator.num_spks
             self.model = lambda chunk: torch.from_numpy(separator.separate_batch(chunk.numpy()))
             self.device, self.min_samples = torch.device("cpu"), separator.min_samples
@@ -213,6 +215,15 @@ class LongAudioSeparator:
         from speechbrain_s4m.onnx_runtime import OnnxSeparator
 
         return cls(OnnxSeparator(onnx_dir, threads), **kwargs)
+
+    @classmethod
+    def from_compiled(cls, compiled_dir: str, **kwargs) -> "LongAudioSeparator":
+        """Separate with the ``separator.pt2`` of an ``s4m-compile`` folder
+        (:class:`~speechbrain_s4m.compiled_runtime.CompiledSeparator`), in the same
+        chunks."""
+        from speechbrain_s4m.compiled_runtime import CompiledSeparator
+
+        return cls(CompiledSeparator(compiled_dir), **kwargs)
 
     def separate_tensor(self, mix: torch.Tensor, progress: Optional[Progress] = None) -> torch.Tensor:
         """``[time]`` (or ``[1, time]``) at the model's sample rate -> ``[time, spks]``;

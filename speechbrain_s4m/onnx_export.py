@@ -39,13 +39,10 @@ Authors
 """
 
 import copy
-import json
 import os
-import shutil
 import sys
-import tempfile
 from functools import partial
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -54,10 +51,19 @@ from torch import nn
 from speechbrain_s4m.cli import command_parser, usage_error
 from speechbrain_s4m.data.audio import read_audio
 from speechbrain_s4m.export import load_exported
+from speechbrain_s4m.graph_folder import (
+    FolderFormat,
+    ParityCheck,
+    Tracer,
+    check_signal,
+    existing_files,
+    offline_parity,
+    stream_parity,
+    write_graphs,
+)
 from speechbrain_s4m.lobes.s4 import ScannedS4
 from speechbrain_s4m.lobes.s4_recurrence import MAX_CHUNK
 from speechbrain_s4m.lobes.s4m import ResidualS4, S4MMaskNet
-from speechbrain_s4m.metrics import si_snr
 from speechbrain_s4m.onnx_lowering import translation_table
 from speechbrain_s4m.onnx_runtime import METADATA
 from speechbrain_s4m.separator import EncoderMaskerDecoder, first_layer
@@ -65,53 +71,20 @@ from speechbrain_s4m.streaming import StreamingSeparator, StreamStep
 
 GRAPH_FILES = {"separator": "separator.onnx", "stream_step": "stream_step.onnx"}  # file of each graph
 OPSET = 18
-PEAK_TOLERANCE = 1e-4  # largest |onnx - torch| over the peak |torch|
-# SI-SNR of the ONNX sources against PyTorch's: at 80 dB the difference e is below 1e-4
-# of the signal, so a separation of up to 20 dB SI-SNR against any reference (a residual
-# of at least 0.1 of the signal) moves by under 20 log10(1 + 1e-3) < 0.01 dB.
-SI_SNR_FLOOR_DB = 80.0
-CHECK_SECONDS = 7.3
-SHORT_CHECK_SECONDS = 0.37  # the separator is also checked on a batch of two excerpts this long
-
-
-def compare(onnx_out: np.ndarray, torch_out: np.ndarray) -> Dict[str, float]:
-    """The parity figures of two separations ``[time, spks]``: the largest difference
-    over the peak, and the lowest SI-SNR (dB) of an ONNX source with its PyTorch
-    source as the reference."""
-    if onnx_out.shape != torch_out.shape:
-        raise ValueError(f"parity: ONNX output {onnx_out.shape} against PyTorch output {torch_out.shape}")
-    peak = float(np.abs(torch_out).max()) or 1.0
-    worst = float(si_snr(torch.from_numpy(onnx_out)[None], torch.from_numpy(torch_out)[None]).min())
-    return {"max_difference_over_peak": float(np.abs(onnx_out - torch_out).max()) / peak, "min_si_snr_db": worst}
-
-
-def check_signal(sample_rate: int, seconds: float = CHECK_SECONDS, seed: int = 0) -> np.ndarray:
-    """A deterministic check mixture: two amplitude-modulated noise bands, float32."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    low = np.convolve(rng.standard_normal(t.size), np.ones(8) / 8, mode="same") * (1 + np.sin(2 * np.pi * 3 * t))
-    high = np.diff(rng.standard_normal(t.size + 1)) * (1 + np.cos(2 * np.pi * 5 * t))
-    return (0.3 * (low + high)).astype(np.float32)
-
-
-def torch_stream(streaming: StreamingSeparator, mix: np.ndarray, chunk: int) -> np.ndarray:
-    """``mix [time]`` through PyTorch's stream in chunks of ``chunk`` samples."""
-    streaming.reset()
-    parts = [streaming.process(mix[i : i + chunk]) for i in range(0, mix.shape[0], chunk)]
-    return torch.cat(parts + [streaming.flush()]).numpy()
+ONNX_FOLDER = FolderFormat(
+    metadata_file=METADATA,
+    header={"format": "speechbrain-s4m onnx 1"},
+    graph_files=tuple(GRAPH_FILES.values()),
+    staging_prefix=".onnx-export-",
+)
 
 
 def parity_check(graph_dir: str, streaming: StreamingSeparator, mix: np.ndarray) -> Dict[str, float]:
-    """Stream ``mix`` through the exported graph, a step at a time, and through
-    PyTorch's stream in chunks of one second (a stream's output does not depend on
-    its chunks); the figures of :func:`compare`."""
+    """Stream ``mix`` through the exported graph against PyTorch's stream
+    (:func:`~speechbrain_s4m.graph_folder.stream_parity`)."""
     from speechbrain_s4m.onnx_runtime import OnnxStreamingSeparator
 
-    runner = OnnxStreamingSeparator(graph_dir)
-    hop = runner.hop_samples
-    onnx_parts = [runner.process(mix[i : i + hop]) for i in range(0, mix.shape[0], hop)]
-    onnx_out = np.concatenate(onnx_parts + [runner.flush()])
-    return compare(onnx_out, torch_stream(streaming, mix, runner.sample_rate))
+    return stream_parity(OnnxStreamingSeparator(graph_dir), streaming, mix)
 
 
 # ------------------------------------------------------------------ the offline graph
@@ -244,85 +217,14 @@ def size_oblivious_tracing():
 
 
 def separator_parity(directory: str, model: EncoderMaskerDecoder, mix: np.ndarray) -> Dict[str, float]:
-    """The exported separator through onnxruntime against PyTorch's offline forward,
-    on a batch of two short excerpts of ``mix`` (an odd number of frames) and on the
-    whole of it: the worst figures of :func:`compare`."""
+    """The exported separator through onnxruntime against PyTorch's offline forward
+    (:func:`~speechbrain_s4m.graph_folder.offline_parity`)."""
     from speechbrain_s4m.onnx_runtime import OnnxSeparator
 
-    runner = OnnxSeparator(directory)
-    short = min(int(SHORT_CHECK_SECONDS * runner.sample_rate), mix.shape[0] // 2)
-    batches = [np.stack([mix[:short], mix[short : 2 * short]]), mix[None]]
-    figures = []
-    for batch in batches:
-        with torch.no_grad():
-            expected = model(torch.from_numpy(batch)).numpy()
-        got = runner.separate_batch(batch)
-        figures += [compare(g, e) for g, e in zip(got, expected)]
-    return {
-        "max_difference_over_peak": max(f["max_difference_over_peak"] for f in figures),
-        "min_si_snr_db": min(f["min_si_snr_db"] for f in figures),
-    }
+    return offline_parity(OnnxSeparator(directory), model, mix)
 
 
 # ------------------------------------------------------------------ writing the graphs
-Tracer = Callable[[str], Dict[str, object]]
-ParityCheck = Callable[[str], Dict[str, float]]
-
-
-def write_graphs(
-    out_dir: str, sample_rate: int, num_spks: int, graphs: Dict[str, Tuple[Tracer, ParityCheck]]
-) -> Dict[str, Dict[str, float]]:
-    """Trace every graph of ``graphs`` (its section name -> a function writing the file
-    into a folder and returning its metadata, and the parity check run on that folder)
-    into a staging folder beside ``out_dir``, check each against PyTorch and, when
-    all pass, move the files and ``onnx_model.json`` into ``out_dir``, then remove a
-    graph file of an earlier export that this one does not write (a non-causal model's
-    graphs replacing a causal one's). Returns each graph's parity figures.
-
-    Raises
-    ------
-    ValueError
-        When a parity check fails; ``out_dir`` is then left as it was.
-    """
-    staging = tempfile.mkdtemp(prefix=".onnx-export-", dir=os.path.dirname(os.path.abspath(out_dir)) or ".")
-    try:
-        metadata: Dict[str, object] = {"format": "speechbrain-s4m onnx 1", "sample_rate": sample_rate}
-        metadata.update(num_spks=num_spks, opset=OPSET)
-        for name, (trace, _) in graphs.items():
-            metadata[name] = trace(staging)
-        _write_json(staging, metadata)  # the runners read it during the checks
-        figures = {}
-        for name, (_, check) in graphs.items():
-            figures[name] = check(staging)
-            failed = (
-                figures[name]["max_difference_over_peak"] > PEAK_TOLERANCE
-                or figures[name]["min_si_snr_db"] < SI_SNR_FLOOR_DB
-            )
-            if failed:
-                raise ValueError(
-                    f"the exported {metadata[name]['file']} differs from PyTorch: largest difference "
-                    f"{figures[name]['max_difference_over_peak']:.3g} of the peak (at most {PEAK_TOLERANCE:g}), "
-                    f"SI-SNR against PyTorch {figures[name]['min_si_snr_db']:.1f} dB (at least "
-                    f"{SI_SNR_FLOOR_DB:g}); nothing was written to {out_dir}"
-                )
-            metadata[name]["parity"] = figures[name]
-        _write_json(staging, metadata)
-        os.makedirs(out_dir, exist_ok=True)
-        for name in [metadata[graph]["file"] for graph in graphs] + [METADATA]:
-            os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
-        for graph, name in GRAPH_FILES.items():  # after the new metadata, which no longer names it
-            if graph not in graphs and os.path.exists(os.path.join(out_dir, name)):
-                os.remove(os.path.join(out_dir, name))
-        return figures
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _write_json(directory: str, metadata: Dict[str, object]) -> None:
-    with open(os.path.join(directory, METADATA), "w", encoding="utf-8") as f:
-        json.dump(metadata, f, indent=2)
-
-
 def export_stream_step(
     streaming: StreamingSeparator, out_dir: str, chunk_ms: float = 16.0, check_mix: Optional[np.ndarray] = None
 ) -> Dict[str, float]:
@@ -331,7 +233,7 @@ def export_stream_step(
     sample_rate = _sample_rate(streaming.sample_rate)
     mix = check_signal(sample_rate) if check_mix is None else check_mix
     graphs = {"stream_step": _stream_step_graph(streaming, chunk_ms, mix)}
-    return write_graphs(out_dir, sample_rate, streaming.num_spks, graphs)["stream_step"]
+    return write_onnx(out_dir, sample_rate, streaming.num_spks, graphs)["stream_step"]
 
 
 def export_graphs(
@@ -360,7 +262,15 @@ def export_graphs(
     if getattr(model.masknet, "causal", False):
         streaming = StreamingSeparator(model.encoder, model.masknet, model.decoder, sample_rate)
         graphs["stream_step"] = _stream_step_graph(streaming, chunk_ms, mix)
-    return write_graphs(out_dir, sample_rate, int(model.masknet.num_spks), graphs)
+    return write_onnx(out_dir, sample_rate, int(model.masknet.num_spks), graphs)
+
+
+def write_onnx(
+    out_dir: str, sample_rate: int, num_spks: int, graphs: Dict[str, Tuple[Tracer, ParityCheck]]
+) -> Dict[str, Dict[str, float]]:
+    """:func:`~speechbrain_s4m.graph_folder.write_graphs` into an ONNX folder."""
+    metadata = {"sample_rate": sample_rate, "num_spks": num_spks, "opset": OPSET}
+    return write_graphs(out_dir, ONNX_FOLDER, metadata, graphs)
 
 
 def _sample_rate(sample_rate: Optional[int]) -> int:
@@ -417,8 +327,7 @@ def export_onnx(
             f"{model_dir} is not an s4m-export model folder: expected hyperparams.yaml, encoder.ckpt, "
             "masknet.ckpt and decoder.ckpt there (write one with s4m-export)"
         )
-    names = (*GRAPH_FILES.values(), METADATA)
-    existing = [n for n in names if os.path.exists(os.path.join(out_dir, n))]
+    existing = existing_files(out_dir, ONNX_FOLDER)
     if existing and not force:
         raise FileExistsError(f"{out_dir} already holds {', '.join(existing)}; pass --force to replace them")
     separator = load_exported(model_dir)

@@ -94,3 +94,11 @@ def keep_freed_memory() -> bool:
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
         return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
     return False
+
+
+def set_torch_threads(count: int) -> None:
+    """Change torch's intra-op thread count only when it differs: with torch 2.11's
+    MKL build, ``torch.set_num_threads(n >= 2)`` after LAPACK has run can make later
+    linear algebra in the same process hang (seen with ``torch.linalg.solve``)."""
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)

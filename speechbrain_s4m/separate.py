@@ -2,10 +2,12 @@
 exported model, in bounded memory (:class:`~speechbrain_s4m.long_audio.LongAudioSeparator`),
 or with ``--stream`` as a stream through a causal model, chunk by chunk in constant
 memory (:class:`~speechbrain_s4m.streaming.StreamingSeparator`; with ``--compile`` its
-step compiled by TorchInductor, :class:`~speechbrain_s4m.compiled_stream.
+step compiled by TorchInductor first, :class:`~speechbrain_s4m.compiled_runtime.
 CompiledStreamingSeparator`). With ``--onnx`` the model is an ``s4m-export-onnx``
 folder, run by onnxruntime: ``separator.onnx`` in the same chunks, or
-``stream_step.onnx`` with ``--stream``.
+``stream_step.onnx`` with ``--stream``. An ``s4m-compile`` folder as ``--model`` runs its
+AOTInductor packages (:mod:`speechbrain_s4m.compiled_runtime`): ``separator.pt2`` in the
+same chunks, or a compiled stream step with ``--stream``, with no compiler.
 
 Authors
  * speechbrain-s4m contributors
@@ -17,9 +19,11 @@ import sys
 import time
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
+import numpy as np
 import soundfile as sf
 
 from speechbrain_s4m.cli import EXIT_OK, EXIT_SOME_INPUTS_FAILED, command_parser, usage_error
+from speechbrain_s4m.compiled_runtime import CompiledStreamingSeparator, is_compiled_folder
 from speechbrain_s4m.data.audio import audio_info
 from speechbrain_s4m.html_report import (
     ReportEntry,
@@ -29,7 +33,7 @@ from speechbrain_s4m.html_report import (
     write_report,
 )
 from speechbrain_s4m.long_audio import LongAudioSeparator
-from speechbrain_s4m.resources import keep_freed_memory
+from speechbrain_s4m.resources import keep_freed_memory, set_torch_threads
 from speechbrain_s4m.streaming import StreamingSeparator, stream_file
 
 if TYPE_CHECKING:
@@ -79,7 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders of audio files")
-    parser.add_argument("--model", required=True, help="exported model folder (hyperparams.yaml + *.ckpt)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="exported model folder (hyperparams.yaml + *.ckpt), or an s4m-compile folder (compiled_model.json + "
+        "*.pt2: run as compiled, on the CPU threads it was compiled for)",
+    )
     parser.add_argument("--out", required=True, help="output folder (created if needed)")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument(
@@ -112,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --stream: compile the stream step (whole blocks nearest to --chunk-ms) with TorchInductor "
         "first (minutes for a full-size model; needs a C++ compiler), for real-time speed on the CPU; "
-        "its latency is that of a step",
+        "its latency is that of a step. s4m-compile builds the same step once, into a folder to pass as --model",
     )
     parser.add_argument(
         "--report",
@@ -196,9 +205,11 @@ def _stream_one(
         return False
     latency = separator.latency_samples
     memory = ", ".join(f"{m:.0f}" for m in report.rss_mib)
+    per_chunk = np.asarray(report.compute_seconds[:-1] or report.compute_seconds) * 1000  # the flush left out
     print(
         f"{path}: streamed {report.seconds:.1f} s in {report.chunks} chunks of {args.chunk_ms:g} ms; "
         f"algorithmic latency {latency} samples ({1000 * separator.latency_seconds:.1f} ms); "
+        f"compute per chunk median {np.median(per_chunk):.2f} ms, p99 {np.percentile(per_chunk, 99):.2f} ms; "
         f"real-time factor {report.real_time_factor:.3f}; resident memory (MiB, every 10 min of audio "
         f"and at the end): {memory}"
     )
@@ -222,20 +233,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return usage_error(
             "s4m-separate", "--compile compiles the PyTorch stream on the CPU: use it with --stream alone"
         )
+    compiled = is_compiled_folder(args.model)
+    if compiled and (args.onnx or args.compile or args.device != "cpu"):
+        return usage_error(
+            "s4m-separate",
+            f"{args.model} is an s4m-compile folder, already compiled for the CPU: use it without --onnx, "
+            "--compile and --device",
+        )
     try:
         chunks = {"chunk_seconds": args.chunk_seconds, "overlap_seconds": args.overlap_seconds}
-        if args.onnx and args.stream:
+        if compiled:
+            start = time.perf_counter()
+            separator = (
+                CompiledStreamingSeparator(args.model, args.chunk_ms)
+                if args.stream
+                else LongAudioSeparator.from_compiled(args.model, **chunks)
+            )
+            threads = separator.threads if args.stream else separator.separator.threads
+            set_torch_threads(threads)  # the packages' kernels are written for it
+            print(f"loaded {args.model} in {time.perf_counter() - start:.1f} s; {threads} thread(s)", file=sys.stderr)
+        elif args.onnx and args.stream:
             from speechbrain_s4m.onnx_runtime import OnnxStreamingSeparator
 
             separator = OnnxStreamingSeparator(args.model)
         elif args.onnx:
             separator = LongAudioSeparator.from_onnx(args.model, **chunks)
         elif args.stream and args.compile:
-            from speechbrain_s4m.compiled_stream import CompiledStreamingSeparator
+            from speechbrain_s4m.aot_compile import compile_stream
 
-            separator = CompiledStreamingSeparator.from_folder(args.model, chunk_ms=args.chunk_ms)
-            seconds = separator.compile_seconds
-            print(f"compiled the stream step of {separator.hop_samples} samples in {seconds:.0f} s", file=sys.stderr)
+            separator = compile_stream(StreamingSeparator.from_folder(args.model), args.chunk_ms)
+            print(
+                f"compiled the stream step of {separator.hop_samples} samples in {separator.compile_seconds:.0f} s "
+                f"(s4m-compile {args.model} OUT_DIR compiles it once, for --model OUT_DIR)",
+                file=sys.stderr,
+            )
         elif args.stream:
             separator = StreamingSeparator.from_folder(args.model, device=args.device)
         else:

@@ -12,7 +12,7 @@ however much audio came before, and memory stays constant.
 
 :class:`StreamStep` is one step over a fixed number of frames as a pure function of
 the carried tensors: ``stream_step.onnx`` is traced from it, and
-:class:`~speechbrain_s4m.compiled_stream.CompiledStreamingSeparator` compiles it.
+``s4m-compile`` compiles it (:mod:`speechbrain_s4m.aot_compile`).
 
 Legend: ``T`` samples, ``E`` encoder channels, ``L`` frames, ``C`` speakers, ``K``
 encoder kernel, ``S`` encoder stride, ``P`` frames per block.
@@ -249,7 +249,7 @@ class StreamStep(nn.Module):
     """One step of a :class:`StreamingSeparator` over ``F`` frames, with its state as
     explicit tensors in and out: the function the ONNX export traces
     (``stream_step.onnx``) and TorchInductor compiles
-    (:class:`~speechbrain_s4m.compiled_stream.CompiledStreamingSeparator`).
+    (``s4m-compile``, :mod:`speechbrain_s4m.aot_compile`).
 
     It runs the separator's own :meth:`~speechbrain_s4m.streaming.StreamingSeparator.step`:
     a warm-up step on zeros, from a state of its own, finds the state tensors the

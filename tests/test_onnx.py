@@ -13,7 +13,7 @@ import pytest
 import torch
 from speechbrain.lobes.models.dual_path import Decoder
 
-from speechbrain_s4m import onnx_export
+from speechbrain_s4m import graph_folder, onnx_export
 from speechbrain_s4m.lobes import S4MMaskNet, WaveformEncoder
 from speechbrain_s4m.lobes.s4 import S4, ScannedS4
 from speechbrain_s4m.lobes.s4_kernel import DiagonalKernel, DPLRKernel
@@ -280,7 +280,7 @@ def test_the_runner_imports_without_torch(exported, tmp_path):
 @pytest.mark.slow
 def test_a_failing_parity_check_writes_nothing(tmp_path, monkeypatch):
     _, stream = _random_stream(num_blocks=1, hidden=16)
-    monkeypatch.setattr(onnx_export, "PEAK_TOLERANCE", -1.0)  # no graph can pass
+    monkeypatch.setattr(graph_folder, "PEAK_TOLERANCE", -1.0)  # no graph can pass
     out = tmp_path / "graphs"
     with pytest.raises(ValueError, match="differs from PyTorch: largest difference"):
         export_stream_step(stream, str(out))
@@ -308,7 +308,7 @@ def test_a_new_export_removes_the_graph_it_no_longer_writes(tmp_path):
     def check(folder):
         return {"max_difference_over_peak": 0.0, "min_si_snr_db": 100.0}
 
-    onnx_export.write_graphs(str(out), 8000, 2, {"separator": (trace, check)})
+    onnx_export.write_onnx(str(out), 8000, 2, {"separator": (trace, check)})
     assert sorted(os.listdir(out)) == ["notes.onnx", "onnx_model.json", "separator.onnx"]
     assert (out / "separator.onnx").read_text() == "new" and (out / "notes.onnx").read_text() == "old"
     assert sorted(json.load(open(out / "onnx_model.json"))) == [

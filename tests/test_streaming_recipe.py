@@ -2,8 +2,10 @@
 exported with s4m-export, loaded offline by SpeechBrain and streamed by
 StreamingSeparator.from_folder and ``s4m-separate --stream``."""
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,25 +96,134 @@ def test_cli_stream_equals_offline_and_reports_latency_and_rtf(causal_model, tmp
     assert not any(name.startswith(("bad_", "other_rate_")) for name in os.listdir(out))
 
 
-def test_cli_compiled_stream_equals_offline(causal_model, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def compiled_folder(causal_model, tmp_path_factory):
+    """``s4m-compile`` of the trained causal export: the offline separator and the 8 and
+    16 ms stream steps (about two minutes on 2 cores)."""
+    from speechbrain_s4m.aot_compile import main as compile_main
+
+    model_dir, _ = causal_model
+    out = tmp_path_factory.mktemp("compiled") / "model"
+    assert compile_main([model_dir, str(out), "--threads", "2"]) == 0
+    return str(out)
+
+
+def _written(folder: Path, stem: str):
+    return np.stack([sf.read(str(folder / f"{stem}_s{s + 1}.wav"), dtype="float32")[0] for s in range(2)], 1)
+
+
+def test_a_compiled_folder_separates_files_and_streams_as_the_model_does(
+    causal_model, compiled_folder, tmp_path, capsys
+):
+    """s4m-separate --model COMPILED: files in chunks (a short one in one pass, a long
+    one in overlapping chunks) and streams at 16 and 8 ms give the eager model's output."""
     model_dir, data = causal_model
+    metadata = json.load(open(os.path.join(compiled_folder, "compiled_model.json")))
+    assert metadata["built_for"]["torch"] == torch.__version__ and metadata["built_for"]["threads"] == 2
+    assert metadata["stream_steps"] == [8.0, 16.0]
+    assert sorted(p for p in os.listdir(compiled_folder)) == [
+        "compiled_model.json",
+        "separator.pt2",
+        "stream_step_16ms.pt2",
+        "stream_step_8ms.pt2",
+    ]
     path = _mixture(data)
     mix, rate = sf.read(str(path), dtype="float32")
-    out = tmp_path / "out"
-    command = [str(path), "--model", model_dir, "--out", str(out), "--stream", "--compile", "--chunk-ms", "16"]
-    assert separate_main(command) == 0
-    captured = capsys.readouterr()
-    assert re.search(r"compiled the stream step of 128 samples in \d+ s", captured.err), captured.err
-    # a 16-frame step waits for its whole window: (16 - 1) * 8 + 32 - 1 samples
-    assert re.search(r"algorithmic latency 151 samples \(18\.9 ms\); real-time factor", captured.out), captured.out
+    long = tmp_path / "long.wav"
+    sf.write(str(long), np.tile(mix, 3), rate, subtype="FLOAT")
+    options = ["--chunk-seconds", "2", "--overlap-seconds", "0.5"]  # the long file in 4 chunks
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    assert separate_main([str(path), str(long), "--model", model_dir, "--out", str(eager), *options]) == 0
+    assert separate_main([str(path), str(long), "--model", compiled_folder, "--out", str(compiled), *options]) == 0
+    assert re.search(r"loaded .* in \d+\.\d s; 2 thread\(s\)", capsys.readouterr().err)
+    for stem in (path.stem, "long"):
+        assert np.abs(_written(compiled, stem) - _written(eager, stem)).max() < 1e-4  # 16-bit rounding: 1.5e-5
+
     offline = _offline(model_dir, torch.from_numpy(mix), tmp_path).numpy()
     offline = 0.99 * offline / np.abs(offline).max(axis=0)  # the CLI's peak normalisation
-    for s in range(2):
-        written, _ = sf.read(str(out / f"{path.stem}_s{s + 1}.wav"), dtype="float32")
-        assert np.abs(written - offline[:, s]).max() < 1e-4  # 16-bit rounding: 1.5e-5
-    offline_command = [str(path), "--model", model_dir, "--out", str(tmp_path / "o2"), "--compile"]
-    assert separate_main(offline_command) == 2  # --compile without --stream
-    assert "use it with --stream alone" in capsys.readouterr().err
+    for chunk_ms, latency in (("16", r"151 samples \(18\.9 ms\)"), ("8", r"87 samples \(10\.9 ms\)")):
+        out = tmp_path / f"stream_{chunk_ms}"
+        command = [str(path), "--model", compiled_folder, "--out", str(out), "--stream", "--chunk-ms", chunk_ms]
+        assert separate_main(command) == 0
+        line = capsys.readouterr().out
+        summary = rf"algorithmic latency {latency}; compute per chunk median \d+\.\d\d ms, p99 \d+\.\d\d ms; "
+        assert re.search(summary + r"real-time factor \d+\.\d+", line), line
+        assert np.abs(_written(out, path.stem) - offline).max() < 1e-4
+    # every guarantee of the CLI: no overwrite without --force, one line per failed file
+    bad = tmp_path / "bad.wav"
+    noisy = mix.copy()
+    noisy[500] = np.nan
+    sf.write(str(bad), noisy, rate, subtype="FLOAT")
+    assert separate_main([str(path), str(bad), "--model", compiled_folder, "--out", str(compiled)]) == 1
+    err = capsys.readouterr().err
+    assert "already exists (use --force" in err and "bad.wav: 1 of" in err and "not finite" in err
+    assert separate_main([str(path), "--model", compiled_folder, "--out", str(compiled), "--onnx"]) == 2
+    assert "already compiled for the CPU" in capsys.readouterr().err
+
+
+def test_a_compiled_folder_runs_without_a_compiler(causal_model, compiled_folder, tmp_path):
+    """A process whose PATH holds no C++ compiler loads the packages and streams a file."""
+    _, data = causal_model
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    command = [sys.executable, "-m", "speechbrain_s4m.separate", str(_mixture(data)), "--model", compiled_folder]
+    command += ["--out", str(tmp_path / "out"), "--stream", "--chunk-ms", "16"]
+    env = {**os.environ, "PATH": str(bare), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "p99" in result.stdout and len(os.listdir(tmp_path / "out")) == 2
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("torch", "2.0.0", r"compiled for torch 2\.0\.0; this machine has torch "),
+        ("cpu_capability", "NO AVX", r"compiled for cpu_capability NO AVX; this machine has cpu_capability "),
+    ],
+)
+def test_a_folder_compiled_elsewhere_is_refused_with_how_to_compile_again(
+    causal_model, compiled_folder, tmp_path, capsys, field, value, message
+):
+    from speechbrain_s4m.compiled_runtime import CompiledSeparator, CompiledStreamingSeparator
+
+    model_dir, data = causal_model
+    moved = tmp_path / "moved"
+    shutil.copytree(compiled_folder, moved)
+    metadata = json.load(open(moved / "compiled_model.json"))
+    metadata["built_for"][field] = value
+    json.dump(metadata, open(moved / "compiled_model.json", "w"))
+    again = re.escape(f"compile it again here with s4m-compile {os.path.abspath(model_dir)} {moved} --force")
+    for runner in (CompiledSeparator, CompiledStreamingSeparator):
+        with pytest.raises(ValueError, match=message + ".*" + again):
+            runner(str(moved))
+    for stream in ([], ["--stream"]):
+        command = [str(_mixture(data)), "--model", str(moved), "--out", str(tmp_path / "out"), *stream]
+        assert separate_main(command) == 2
+        assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_s4m_compile_keeps_what_exists_and_refuses_what_differs(
+    causal_model, compiled_folder, tmp_path, capsys, monkeypatch
+):
+    """No overwrite without --force; a package that differs from PyTorch is refused
+    (exit 1) and nothing is written; a folder that is not a model is a usage error."""
+    from speechbrain_s4m import graph_folder
+    from speechbrain_s4m.aot_compile import main as compile_main
+
+    model_dir, _ = causal_model
+    before = {name: os.path.getmtime(os.path.join(compiled_folder, name)) for name in os.listdir(compiled_folder)}
+    assert compile_main([model_dir, compiled_folder]) == 2
+    assert "pass --force to replace them" in capsys.readouterr().err
+    assert compile_main([str(tmp_path), str(tmp_path / "out")]) == 2
+    assert "not an s4m-export model folder" in capsys.readouterr().err
+    assert {name: os.path.getmtime(os.path.join(compiled_folder, name)) for name in before} == before
+
+    monkeypatch.setattr(graph_folder, "PEAK_TOLERANCE", -1.0)  # no package can pass
+    out = tmp_path / "refused"
+    assert compile_main([model_dir, str(out), "--no-offline", "--steps-ms", "16"]) == 1
+    assert "stream_step_16ms.pt2 differs from PyTorch: largest difference" in capsys.readouterr().err
+    assert not out.exists() and [p for p in os.listdir(tmp_path) if p.startswith(".compile-")] == []
 
 
 def test_stream_memory_does_not_grow_with_the_recording(causal_model, tmp_path):

@@ -32,13 +32,13 @@ from speechbrain_s4m.benchmark.scaling import (
     scaling_worker,
 )
 from speechbrain_s4m.benchmark.streaming import STREAMING_MODELS, streaming_section
-from speechbrain_s4m.benchmark.timing import cpu_rtf, gpu_rtf, set_torch_threads, training_section
+from speechbrain_s4m.benchmark.timing import cpu_rtf, gpu_rtf, training_section
 from speechbrain_s4m.cli import command_parser, usage_error
-from speechbrain_s4m.resources import keep_freed_memory
+from speechbrain_s4m.resources import keep_freed_memory, set_torch_threads
 
 PROG = "s4m-bench"
-SECTIONS = ("params", "macs", "cpu", "gpu", "train", "scaling", "streaming", "onnx")
-FORWARD_SECTIONS = ("params", "macs", "cpu", "gpu", "onnx")  # on models built in this process
+SECTIONS = ("params", "macs", "cpu", "gpu", "train", "scaling", "streaming", "onnx", "compiled")
+FORWARD_SECTIONS = ("params", "macs", "cpu", "gpu", "onnx", "compiled")  # on models built in this process
 
 
 class UsageError(ValueError):
@@ -333,6 +333,10 @@ def _forward_sections(
             overrides=args.model_overrides,
             log=log,
         )
+    if "compiled" in sections:
+        from speechbrain_s4m.benchmark.compiled_section import compiled_section
+
+        record["compiled"] = compiled_section(models, args.threads, tracks=args.tracks, repeats=args.repeats, log=log)
     del models
     gc.collect()
 

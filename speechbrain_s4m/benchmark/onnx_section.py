@@ -23,31 +23,17 @@ import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
-import torch
 from torch import nn
 
 from speechbrain_s4m.benchmark.models import SAMPLE_RATE
 from speechbrain_s4m.benchmark.onnx_streaming import compare_step
-from speechbrain_s4m.benchmark.timing import cpu_rtf
+from speechbrain_s4m.benchmark.timing import RunnerModule, cpu_rtf
 from speechbrain_s4m.lobes.s4m import S4MMaskNet
 from speechbrain_s4m.onnx_export import export_graphs
 from speechbrain_s4m.onnx_runtime import OnnxSeparator
 from speechbrain_s4m.separator import EncoderMaskerDecoder
 
 ONNX_SUFFIX = " (onnxruntime)"
-
-
-class OnnxModule(nn.Module):
-    """An :class:`~speechbrain_s4m.onnx_runtime.OnnxSeparator` behind the interface of
-    a PyTorch separator, ``[B, T] -> [B, T, C]``, so that the timing code runs both
-    runtimes alike."""
-
-    def __init__(self, runner: OnnxSeparator):
-        super().__init__()
-        self.runner = runner
-
-    def forward(self, mix: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.runner.separate_batch(mix.numpy()))
 
 
 def offline_rows(
@@ -81,7 +67,7 @@ def offline_rows(
                 continue
             rows[name] = {"export_s": time.perf_counter() - start, "parity": figures["max_difference_over_peak"]}
             timed[name] = model
-            timed[name + ONNX_SUFFIX] = OnnxModule(OnnxSeparator(folder, threads))
+            timed[name + ONNX_SUFFIX] = RunnerModule(OnnxSeparator(folder, threads))
         rtf = cpu_rtf(timed, tracks=tracks, repeats=repeats, log=log)
     for name, row in rows.items():
         if "refused" in row:

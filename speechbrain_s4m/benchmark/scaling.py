@@ -29,13 +29,13 @@ import torch
 from torch import nn
 
 from speechbrain_s4m.benchmark.models import SAMPLE_RATE, build_model
-from speechbrain_s4m.benchmark.timing import set_torch_threads
 from speechbrain_s4m.resources import (
     current_rss_bytes,
     keep_freed_memory,
     peak_rss_bytes,
     proc_field_bytes,
     reset_peak_rss,
+    set_torch_threads,
 )
 
 IDENTITY = "identity"  # a model that returns its input: measures the harness alone

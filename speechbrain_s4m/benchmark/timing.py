@@ -25,12 +25,26 @@ from speechbrain_s4m.benchmark.models import (
 from speechbrain_s4m.benchmark.report import ratios
 
 
-def set_torch_threads(count: int) -> None:
-    """Change torch's intra-op thread count only when it differs: with torch 2.11's
-    MKL build, ``torch.set_num_threads(n >= 2)`` after LAPACK has run can make later
-    linear algebra in the same process hang (seen with ``torch.linalg.solve``)."""
-    if torch.get_num_threads() != count:
-        torch.set_num_threads(count)
+class RunnerModule(nn.Module):
+    """A separator that runs outside PyTorch's modules (an onnxruntime graph, a compiled
+    package: anything with ``separate_batch``, numpy ``[B, T] -> [B, T, C]``) behind the
+    interface of a PyTorch separator, ``[B, T] -> [B, T, C]``, so that the timing code
+    runs every runtime alike.
+
+    Example
+    -------
+    >>> class Halves:
+    ...     def separate_batch(self, mix): return (mix[..., None] / 2).repeat(2, -1)
+    >>> RunnerModule(Halves())(torch.ones(1, 4)).shape
+    torch.Size([1, 4, 2])
+    """
+
+    def __init__(self, runner):
+        super().__init__()
+        self.runner = runner
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.runner.separate_batch(mix.numpy()))
 
 
 def _tracks(count: int, seconds: float, sample_rate: int, seed: int = 0) -> List[torch.Tensor]:

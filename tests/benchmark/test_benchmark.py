@@ -309,17 +309,31 @@ def test_targets_pass_and_miss():
     status = [t["status"] for t in report.check_targets(record)]
     # tiny 10x >= 8 PASS; S4M 3.3x < 4 MISS; training step 5x < 6 MISS; tiny MACs
     # +2.5% PASS; S4M -48% MISS; 60 s: 21 s = 1.4x linear MISS; no streaming rows.
-    assert status == ["PASS", "MISS", "MISS", "PASS", "MISS", "MISS", "SKIP", "SKIP"]
+    assert status == ["PASS", "MISS", "MISS", "PASS", "MISS", "MISS", "SKIP", "SKIP", "SKIP"]
     row = {"threads": 1, "median_ms": 3.0, "latency_samples": 87, "latency_ms": 10.875}
     record["streaming"] = {
         "S4M-tiny causal": {
             "rows": [
-                row | {"chunk_ms": 16, "p99_ms": 17.0, "rtf": 0.2},
+                row | {"chunk_ms": 8, "p99_ms": 9.0, "rtf": 1.0},
+                row | {"chunk_ms": 16, "p99_ms": 13.0, "rtf": 0.2},
                 row | {"chunk_ms": 64, "p99_ms": 9.0, "rtf": 0.25},
             ]
+        },
+        "S4M-tiny causal, compiled": {"rows": [row | {"chunk_ms": 8, "p99_ms": 7.5, "rtf": 0.9}]},
+    }
+    # 8 ms: the compiled stream's p99 7.5 < 8 PASS; 16 ms: 13 >= 12 MISS; 64 ms: RTF 0.25 PASS
+    assert [t["status"] for t in report.check_targets(record)][-3:] == ["PASS", "MISS", "PASS"]
+    # the compiled section: S4M-tiny 0.1 / 0.02 = 5x its eager (PASS), 50x Sepformer (PASS); S4M 3.3x MISS
+    record["compiled"] = {
+        "rows": {
+            "S4M-tiny": {"eager_rtf": 0.1, "compiled_rtf": 0.02},
+            "S4M": {"eager_rtf": 0.5, "compiled_rtf": 0.3},
+            "Sepformer": {"eager_rtf": 1.0, "compiled_rtf": 0.4},
         }
     }
-    assert [t["status"] for t in report.check_targets(record)][-2:] == ["MISS", "PASS"]
+    compiled = report.check_targets(record)[-6:-3]
+    assert [t["status"] for t in compiled] == ["PASS", "PASS", "MISS"]
+    assert compiled[0]["detail"].endswith("50.0x (against compiled Sepformer: 20.0x)"), compiled[0]
     training = report.check_targets(record)[2]
     assert training["target"] == "CPU training step: S4M-tiny >= 6x Sepformer"
     assert training["detail"].startswith("5.00x (Sepformer 1.000 s, S4M-tiny 0.200 s per step of 2 x 2 s at 8 kHz)")
