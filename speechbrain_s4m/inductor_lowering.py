@@ -1,14 +1,16 @@
-"""Compile a stream step with TorchInductor, the lobes' operators decomposed so that it
-fuses them.
+"""The lowering of ``s4m-compile``: TorchInductor compiles a lobe's forward pass ahead of
+time into a package, with the lobes' operators decomposed so that it fuses them.
 
 A stream step of full-size causal S4M-tiny runs 16 unfolded passes on a few frames
 each, so eager PyTorch spends it on calling operators (15,200 operator calls per 16 ms
-chunk), not on arithmetic. :func:`compile_step` compiles the step's own forward pass
-(:class:`~speechbrain_s4m.streaming.StreamStep`, the function the ONNX export traces)
-for a fixed number of frames with TorchInductor, which fuses the elementwise operators
-into a few C++ loops per pass and leaves the matrix products to the BLAS. Some of the
-lobes' operators would stay opaque calls there, or be lowered slowly for these shapes,
-so the compiled step decomposes them into their formulas (the first two as
+chunk), not on arithmetic; offline, most of its time is operator overhead and memory
+traffic over 512-channel maps. :func:`compile_package` exports a module
+(:class:`~speechbrain_s4m.streaming.StreamStep`, or the offline
+:class:`~speechbrain_s4m.onnx_export.SeparatorGraph`: the functions the ONNX export
+traces) with ``torch.export`` and compiles it with AOTInductor, which fuses the
+elementwise operators into a few C++ loops per pass and leaves the matrix products to
+oneDNN. Some of the lobes' operators would stay opaque calls there, or be lowered slowly
+for these shapes, so the package decomposes them into their formulas (the first two as
 :mod:`speechbrain_s4m.onnx_lowering` lowers them to ONNX):
 
 * ``speechbrain_s4m::pairwise_mean`` into :func:`~speechbrain_s4m.lobes.s4m.mean_of_pairs`;
@@ -16,25 +18,23 @@ so the compiled step decomposes them into their formulas (the first two as
 * a depthwise 1-D ``aten.convolution`` (``groups`` equal to the channels, one input
   channel per filter) into :func:`~speechbrain_s4m.lobes.depthwise.sum_of_taps`, ``K``
   shifted multiply-adds that fuse with the norm after them. oneDNN takes about 60 us per
-  call on these few frames; every other convolution is left to Inductor;
+  call on a stream step's few frames; every other convolution is left to Inductor;
 * the ``aten.baddbmm`` of a :class:`~speechbrain_s4m.lobes.pointwise.PointwiseConv1d`
   on one signal into :func:`pointwise_product`, ``x^T W^T + b``: an ``addmm`` of a
-  constant weight, which Inductor's freezing packs for oneDNN/MKL. On these few frames
-  the BLAS is much slower with the weight on the left (``W x``) than with the frames as
-  rows: 1 thread, 1024 x 512 weight, 2 frames, AMD EPYC (AVX2): about 1000 us for
-  ``baddbmm``, 140 us for the row product, 123 us packed;
+  constant weight, which Inductor's freezing packs for oneDNN once, at compile time. On
+  a few frames the BLAS is much slower with the weight on the left (``W x``) than with
+  the frames as rows: 1 thread, 1024 x 512 weight, 2 frames, AMD EPYC (AVX2): about
+  1000 us for ``baddbmm``, 140 us for the row product, 123 us packed;
 * ``aten.native_layer_norm`` (the per-frame norms) into :func:`layer_norm_by_moments`,
   the mean and then the mean square about it, in place of the Welford reduction of
   Inductor's own lowering, which is slow over a strided axis of 512 channels.
 
 Each decomposition is the operator's own formula (the tests compare them), so the lobes
-keep one implementation. The compiled graph holds the weights as constants (Inductor's
-freezing, which packs them for the matrix products), one copy of each however many
-passes use it (:func:`shared_constants`), and calls its kernels from C++
-(``cpp_wrapper``); it is not cached on disk,
-because Inductor's cache key does not cover these decompositions. Compiling needs a C++
-compiler and takes minutes for a full-size model (5 to 10 min for S4M-tiny on 2 CPU
-cores).
+keep one implementation. The package holds the weights as constants (Inductor's
+freezing, which needs the compile to run without autograd and its flag set in
+Inductor's global configuration), one copy of each however many passes use it
+(:func:`shared_constants`). Compiling needs a C++ compiler and takes minutes for a
+full-size model; loading the package needs neither.
 
 Authors
  * speechbrain-s4m contributors
@@ -220,4 +220,9 @@ def compile_package(
         program = program.run_decompositions(decompositions())
     from torch._inductor import aoti_compile_and_package
 
-    return aoti_compile_and_package(program, package_path=package_path, inductor_configs=INDUCTOR_CONFIG)
+    # Inductor freezes only what it compiles without autograd, and reads ``freezing`` from
+    # its global configuration (given as the package's ``inductor_configs`` it is
+    # ignored): otherwise every weight stays a plain constant, and each matrix product
+    # repacks its weight at every call
+    with torch.no_grad(), torch._inductor.config.patch(INDUCTOR_CONFIG):
+        return aoti_compile_and_package(program, package_path=package_path)
