@@ -161,6 +161,25 @@ def test_a_compiled_folder_separates_files_and_streams_as_the_model_does(
     assert "already compiled for the CPU" in capsys.readouterr().err
 
 
+def test_cli_stream_compile_builds_the_step_at_start_and_equals_offline(causal_model, tmp_path, capsys):
+    """s4m-separate --stream --compile: the 16 ms step compiled into a temporary folder
+    (what s4m-compile --no-offline builds once), then streamed."""
+    model_dir, data = causal_model
+    path = _mixture(data)
+    mix, _ = sf.read(str(path), dtype="float32")
+    out = tmp_path / "out"
+    command = [str(path), "--model", model_dir, "--out", str(out), "--stream", "--compile", "--chunk-ms", "16"]
+    assert separate_main(command) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"compiled the stream step of 128 samples in \d+ s \(s4m-compile ", captured.err), captured.err
+    assert re.search(r"algorithmic latency 151 samples \(18\.9 ms\); compute per chunk", captured.out)
+    offline = _offline(model_dir, torch.from_numpy(mix), tmp_path).numpy()
+    offline = 0.99 * offline / np.abs(offline).max(axis=0)  # the CLI's peak normalisation
+    assert np.abs(_written(out, path.stem) - offline).max() < 1e-4  # 16-bit rounding: 1.5e-5
+    assert separate_main([str(path), "--model", model_dir, "--out", str(tmp_path / "o2"), "--compile"]) == 2
+    assert "use it with --stream alone" in capsys.readouterr().err
+
+
 def test_a_compiled_folder_runs_without_a_compiler(causal_model, compiled_folder, tmp_path):
     """A process whose PATH holds no C++ compiler loads the packages and streams a file."""
     _, data = causal_model
