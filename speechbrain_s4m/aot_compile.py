@@ -70,6 +70,7 @@ from speechbrain_s4m.inductor_lowering import compile_package, require_compiler
 from speechbrain_s4m.lobes.s4_recurrence import MAX_CHUNK
 from speechbrain_s4m.lobes.s4m import S4MMaskNet
 from speechbrain_s4m.onnx_export import SeparatorGraph
+from speechbrain_s4m.resources import set_torch_threads
 from speechbrain_s4m.separator import EncoderMaskerDecoder
 from speechbrain_s4m.streaming import StreamingSeparator, StreamStep
 
@@ -284,7 +285,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.threads is not None:
             if args.threads < 1:
                 raise ValueError(f"--threads must be at least 1, got {args.threads}")
-            torch.set_num_threads(args.threads)
+            set_torch_threads(args.threads)
         start = time.perf_counter()
         figures = compile_folder(args.model_dir, args.out_dir, steps, not args.no_offline, args.force, args.check_audio)
     except ParityError as error:

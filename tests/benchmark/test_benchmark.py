@@ -227,7 +227,7 @@ def test_main_writes_tables_and_json(tmp_path, capsys):
     cells = [c.strip() for c in sepformer_row.strip("|").split("|")]
     assert cells[7:11] == ["1.000"] * 4
     statuses = {t["target"]: t["status"] for t in record["targets"]}
-    assert len(statuses) == 8 and set(statuses.values()) <= {"PASS", "MISS", "SKIP"}
+    assert len(statuses) == 9 and set(statuses.values()) <= {"PASS", "MISS", "SKIP"}
     assert any(line.startswith(("PASS: ", "MISS: ")) for line in printed.splitlines())
     if not torch.cuda.is_available():
         assert any("GPU section skipped" in note for note in record["notes"])
