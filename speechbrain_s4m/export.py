@@ -226,6 +226,44 @@ def load_exported(model_dir: str, savedir: Optional[str] = None, device: str = "
     )
 
 
+def require_model_folder(model_dir: str) -> None:
+    """``FileNotFoundError`` naming the files expected when ``model_dir`` is not an
+    ``s4m-export`` folder."""
+    if not os.path.isfile(os.path.join(model_dir, "hyperparams.yaml")):
+        raise FileNotFoundError(
+            f"{model_dir} is not an s4m-export model folder: expected hyperparams.yaml, encoder.ckpt, "
+            "masknet.ckpt and decoder.ckpt there (write one with s4m-export)"
+        )
+
+
+def load_for_export(model_dir: str, check_audio: Optional[str] = None):
+    """What ``s4m-export-onnx`` and ``s4m-compile`` start from: the separator of an
+    ``s4m-export`` folder (an :class:`~speechbrain_s4m.separator.EncoderMaskerDecoder`
+    over its modules), its sample rate, and the mixture of ``check_audio`` for the
+    parity check (None without it).
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``model_dir`` is not an ``s4m-export`` folder.
+    ValueError
+        When ``check_audio`` is not at the model's sample rate.
+    """
+    from speechbrain_s4m.data.audio import read_audio
+    from speechbrain_s4m.separator import EncoderMaskerDecoder
+
+    require_model_folder(model_dir)
+    separator = load_exported(model_dir)
+    mods, sample_rate = separator.mods, int(separator.hparams.sample_rate)
+    check_mix = None
+    if check_audio is not None:
+        signal, rate = read_audio(check_audio)
+        if rate != sample_rate:
+            raise ValueError(f"--check-audio {check_audio}: {rate} Hz, expected the model's {sample_rate} Hz")
+        check_mix = signal.numpy()
+    return EncoderMaskerDecoder(mods.encoder, mods.masknet, mods.decoder), sample_rate, check_mix
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``s4m-export``; returns the exit status."""
     parser = command_parser(

@@ -170,6 +170,14 @@ def existing_files(out_dir: str, folder_format: FolderFormat) -> List[str]:
     return sorted(name for name in os.listdir(out_dir) if any(fnmatch.fnmatchcase(name, p) for p in patterns))
 
 
+def refuse_to_replace(out_dir: str, folder_format: FolderFormat, force: bool) -> None:
+    """``FileExistsError`` naming the files of ``folder_format`` already in ``out_dir``,
+    unless ``force``: an export keeps what a user has."""
+    existing = existing_files(out_dir, folder_format)
+    if existing and not force:
+        raise FileExistsError(f"{out_dir} already holds {', '.join(existing)}; pass --force to replace them")
+
+
 def offline_parity(runner, model: Callable[[torch.Tensor], torch.Tensor], mix: np.ndarray) -> Dict[str, float]:
     """An exported separator (``runner.separate_batch``: numpy ``[B, T] -> [B, T, C]``)
     against PyTorch's offline forward ``model``, on a batch of two short excerpts of

@@ -49,15 +49,14 @@ import torch
 from torch import nn
 
 from speechbrain_s4m.cli import command_parser, usage_error
-from speechbrain_s4m.data.audio import read_audio
-from speechbrain_s4m.export import load_exported
+from speechbrain_s4m.export import load_for_export, require_model_folder
 from speechbrain_s4m.graph_folder import (
     FolderFormat,
     ParityCheck,
     Tracer,
     check_signal,
-    existing_files,
     offline_parity,
+    refuse_to_replace,
     stream_parity,
     write_graphs,
 )
@@ -322,23 +321,9 @@ def export_onnx(
 ) -> Dict[str, Dict[str, float]]:
     """``s4m-export-onnx``: the ONNX graphs of an ``s4m-export`` folder, checked
     against PyTorch. Returns the parity figures by graph."""
-    if not os.path.isfile(os.path.join(model_dir, "hyperparams.yaml")):
-        raise FileNotFoundError(
-            f"{model_dir} is not an s4m-export model folder: expected hyperparams.yaml, encoder.ckpt, "
-            "masknet.ckpt and decoder.ckpt there (write one with s4m-export)"
-        )
-    existing = existing_files(out_dir, ONNX_FOLDER)
-    if existing and not force:
-        raise FileExistsError(f"{out_dir} already holds {', '.join(existing)}; pass --force to replace them")
-    separator = load_exported(model_dir)
-    mods, sample_rate = separator.mods, int(separator.hparams.sample_rate)
-    check_mix = None
-    if check_audio is not None:
-        signal, rate = read_audio(check_audio)
-        if rate != sample_rate:
-            raise ValueError(f"--check-audio {check_audio}: {rate} Hz, expected the model's {sample_rate} Hz")
-        check_mix = signal.numpy()
-    model = EncoderMaskerDecoder(mods.encoder, mods.masknet, mods.decoder)
+    require_model_folder(model_dir)
+    refuse_to_replace(out_dir, ONNX_FOLDER, force)
+    model, sample_rate, check_mix = load_for_export(model_dir, check_audio)
     return export_graphs(model, sample_rate, out_dir, chunk_ms, check_mix)
 
 
