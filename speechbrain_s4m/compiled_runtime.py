@@ -109,15 +109,25 @@ def read_compiled_metadata(model_dir: str) -> Dict[str, object]:
     return metadata
 
 
-def load_package(model_dir: str, section: Dict[str, object]):
-    """The loaded package of one section of ``compiled_model.json`` (a callable on
-    tensors)."""
-    from torch._inductor import aoti_load_package
+class Package:
+    """A loaded AOTInductor package, called on its flat input tensors; returns the list of
+    its output tensors. It goes to torch's C++ loader directly: importing TorchInductor's
+    Python side (``torch._inductor.aoti_load_package``) would take seconds of the start."""
 
+    def __init__(self, path: str):
+        self.path = path
+        self.loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, -1)
+
+    def __call__(self, *inputs: torch.Tensor) -> List[torch.Tensor]:
+        return self.loader.boxed_run(list(inputs))
+
+
+def load_package(model_dir: str, section: Dict[str, object]) -> Package:
+    """The loaded package of one section of ``compiled_model.json``."""
     path = os.path.join(model_dir, str(section["file"]))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: the package {METADATA} names is missing; build the folder again")
-    return aoti_load_package(path)
+    return Package(path)
 
 
 class CompiledSeparator:
@@ -166,7 +176,8 @@ class CompiledSeparator:
         padded = (whole_blocks(frames, self.block_frames) - 1) * self.stride + self.kernel
         window = torch.nn.functional.pad(mix.float(), (0, padded - samples))  # whole blocks, zeros after the signal
         with torch.inference_mode():
-            return self.package(window, torch.tensor(frames))[:, :samples]
+            (sources,) = self.package(window, torch.tensor(frames))
+        return sources[:, :samples]
 
     def separate_batch(self, mix: np.ndarray) -> np.ndarray:
         """``mix [B, T]`` -> sources ``[B, T, C]``, one mixture at a time."""
