@@ -29,7 +29,7 @@ Authors
 import json
 import os
 import platform
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -257,30 +257,3 @@ class CompiledStreamingSeparator(FixedStepStream):
 
     def decoder_tail(self) -> np.ndarray:
         return self._state[0].numpy()  # the first state tensor: the decoder's tail
-
-
-def compiled_steps(metadata: Dict[str, object]) -> List[float]:
-    """The stream steps (ms) of a folder's metadata."""
-    return sorted(metadata.get("stream_steps", []))
-
-
-def describe(metadata: Dict[str, object], model_dir: Optional[str] = None) -> str:
-    """One line on what a compiled folder holds and what it was built for.
-
-    Example
-    -------
-    >>> describe({"built_for": {"torch": "2.11.0", "cpu_capability": "AVX2", "machine": "x86_64", "threads": 1},
-    ...     "separator": {}, "stream_steps": [8, 16]})
-    'offline separator, stream steps of 8, 16 ms; compiled for torch 2.11.0, AVX2 (x86_64), 1 thread(s)'
-    """
-    built = metadata["built_for"]
-    parts = (["offline separator"] if OFFLINE in metadata else []) + (
-        [f"stream steps of {', '.join(f'{ms:g}' for ms in compiled_steps(metadata))} ms"]
-        if compiled_steps(metadata)
-        else []
-    )
-    where = f"{model_dir}: " if model_dir else ""
-    return (
-        f"{where}{', '.join(parts)}; compiled for torch {built['torch']}, {built['cpu_capability']} "
-        f"({built['machine']}), {built['threads']} thread(s)"
-    )

@@ -194,8 +194,8 @@ def require_compiler() -> None:
     """``RuntimeError`` when no C++ compiler is on the PATH (Inductor needs one)."""
     if not any(shutil.which(name) for name in ("g++", "c++", "clang++")):
         raise RuntimeError(
-            "a compiled stream needs a C++ compiler (g++ or clang++) on the PATH; install one "
-            "(apt install g++), or stream without compiling"
+            "compiling (s4m-compile, s4m-separate --compile) needs a C++ compiler (g++ or clang++) on the "
+            "PATH; install one (apt install g++), or separate without compiling"
         )
 
 
