@@ -43,7 +43,7 @@ bench: $(STAMP)
 # recipe in mixed precision, two DDP processes, GPU-RTF); without CUDA, the CPU half.
 .PHONY: gpu-check
 gpu-check: $(STAMP)
-	$(PY) -m speechbrain_s4m.gpu_check $(GPU_CHECK_ARGS)
+	$(PY) -m speechbrain_s4m.benchmark.gpu_check $(GPU_CHECK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

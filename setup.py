@@ -6,7 +6,7 @@ ONNX = ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.2"]
 
 setup(
     name="speechbrain-s4m",
-    version="0.1.0",
+    version="0.2.0",
     description=("S4M: efficient speech separation with neural state-space models, as a SpeechBrain plugin"),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -36,20 +36,20 @@ setup(
     ],
     extras_require={
         # s4m-export-onnx (torch.onnx's exporter needs onnx and onnxscript) and
-        # speechbrain_s4m.onnx_runtime (numpy and onnxruntime only)
+        # speechbrain_s4m.inference.onnx_runtime (numpy and onnxruntime only)
         "onnx": ONNX,
         "test": ["pytest>=7", "mir_eval>=0.7", "ruff>=0.6", *ONNX],
     },
     entry_points={
         "console_scripts": [
-            "s4m-export=speechbrain_s4m.export:main",
-            "s4m-export-onnx=speechbrain_s4m.onnx_export:main",
-            "s4m-compile=speechbrain_s4m.aot_compile:main",
-            "s4m-separate=speechbrain_s4m.separate:main",
+            "s4m-export=speechbrain_s4m.export.speechbrain_folder:main",
+            "s4m-export-onnx=speechbrain_s4m.export.onnx_graphs:main",
+            "s4m-compile=speechbrain_s4m.export.compiled_packages:main",
+            "s4m-separate=speechbrain_s4m.inference.separate_command:main",
             "s4m-make-librimix=speechbrain_s4m.data.librispeech_mixtures:main",
             "s4m-make-data=speechbrain_s4m.data.synthetic:main",
             "s4m-bench=speechbrain_s4m.benchmark.cli:main",
-            "s4m-plot-curves=speechbrain_s4m.curves:main",
+            "s4m-plot-curves=speechbrain_s4m.training.curves:main",
         ],
     },
 )

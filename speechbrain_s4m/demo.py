@@ -160,11 +160,11 @@ def run_demo(workdir: Path, budget: DemoBudget, retrain: bool = False, seed: int
     import soundfile as sf
     import torch
 
-    from speechbrain_s4m.curves import plot_training_curves, read_training_curve
     from speechbrain_s4m.data.synthetic import make_synthetic_librimix
-    from speechbrain_s4m.export import export_model
-    from speechbrain_s4m.html_report import ReportEntry, model_card_summary, plot_spectrograms, write_report
+    from speechbrain_s4m.export.speechbrain_folder import export_model
+    from speechbrain_s4m.inference.html_report import ReportEntry, model_card_summary, plot_spectrograms, write_report
     from speechbrain_s4m.metrics import apply_permutation, best_permutation, sdr, si_snr
+    from speechbrain_s4m.training.curves import plot_training_curves, read_training_curve
 
     workdir = workdir.resolve()
     data, run, model, separated, report = (workdir / name for name in ("data", "run", "model", "separated", "report"))
@@ -207,7 +207,17 @@ def run_demo(workdir: Path, budget: DemoBudget, retrain: bool = False, seed: int
     test_folder = data / "Libri2Mix" / "wav8k" / "min" / "test"
     mixture = sorted((test_folder / "mix_clean").glob("*.wav"))[0]
     _run(
-        [sys.executable, "-m", "speechbrain_s4m.separate", "--model", model, mixture, "--out", separated, "--force"],
+        [
+            sys.executable,
+            "-m",
+            "speechbrain_s4m.inference.separate_command",
+            "--model",
+            model,
+            mixture,
+            "--out",
+            separated,
+            "--force",
+        ],
         "5. Separate one test mixture with s4m-separate",
     )
 

@@ -1,6 +1,6 @@
 """Frame arithmetic of the waveform encoder (kernel ``K``, stride ``S``, end
 zero-padded), shared by the encoder, the PyTorch stream (:mod:`speechbrain_s4m.
-streaming`) and the onnxruntime runners (:mod:`speechbrain_s4m.onnx_runtime`); plain
+inference.streaming`) and the onnxruntime runners (:mod:`speechbrain_s4m.inference.onnx_runtime`); plain
 Python, so that the runtime needs no torch.
 
 Authors

@@ -8,11 +8,11 @@ import pytest
 from speechbrain_s4m.cli import EXIT_STATUS_HELP, EXIT_USAGE
 
 COMMANDS = {
-    "s4m-separate": "speechbrain_s4m.separate",
-    "s4m-export": "speechbrain_s4m.export",
+    "s4m-separate": "speechbrain_s4m.inference.separate_command",
+    "s4m-export": "speechbrain_s4m.export.speechbrain_folder",
     "s4m-make-data": "speechbrain_s4m.data.synthetic",
     "s4m-make-librimix": "speechbrain_s4m.data.librispeech_mixtures",
-    "s4m-plot-curves": "speechbrain_s4m.curves",
+    "s4m-plot-curves": "speechbrain_s4m.training.curves",
     "s4m-bench": "speechbrain_s4m.benchmark",
 }
 

@@ -6,7 +6,7 @@ Models (:mod:`~speechbrain_s4m.benchmark.models`): each is built from its recipe
 hparams file, ``recipes/LRS2Mix/separation/hparams/{s4m_tiny,s4m,sepformer}.yaml``
 (16 kHz, the paper's Table 4 setting) for the forward sections and
 ``recipes/LibriMix/separation/hparams/`` (8 kHz) for the train section, as an
-:class:`~speechbrain_s4m.separator.EncoderMaskerDecoder`. Conv-TasNet, which has no
+:class:`~speechbrain_s4m.lobes.encoder_masker_decoder.EncoderMaskerDecoder`. Conv-TasNet, which has no
 recipe here, is not benchmarked.
 
 Sections (``--sections``, all by default):
@@ -34,7 +34,7 @@ Sections (``--sections``, all by default):
   memory on the CPU for inputs of ``--lengths`` seconds, each in a fresh subprocess
   described by a :class:`~speechbrain_s4m.benchmark.scaling.ScalingSpec`, and
   ``--long-seconds`` of audio (10 minutes by default) through the long-audio path
-  (:func:`speechbrain_s4m.long_audio.separate_in_chunks`, 10 s chunks, 2 s overlap).
+  (:func:`speechbrain_s4m.inference.long_audio.separate_in_chunks`, 10 s chunks, 2 s overlap).
 
 Every figure is also given as a ratio to Sepformer's, measured in the same run, and
 the targets of the efficiency issue are checked (PASS / MISS lines;

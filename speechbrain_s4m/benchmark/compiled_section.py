@@ -2,7 +2,7 @@
 PyTorch eager on the CPU, on the paper's protocol, from one run in one process.
 
 Every S4M model of ``--models`` is compiled as ``s4m-compile`` compiles it (its offline
-``separator.pt2``, :func:`~speechbrain_s4m.aot_compile.compile_model`, which checks it
+``separator.pt2``, :func:`~speechbrain_s4m.export.compiled_packages.compile_model`, which checks it
 against PyTorch), for ``--threads``; Sepformer, which ``s4m-compile`` does not take, is
 compiled by ``torch.compile`` (TorchInductor, its defaults), so that compiled stands
 beside compiled as eager beside eager. Then every model, eager and compiled, separates
@@ -24,8 +24,8 @@ from torch import nn
 
 from speechbrain_s4m.benchmark.models import SAMPLE_RATE
 from speechbrain_s4m.benchmark.timing import RunnerModule, cpu_rtf
+from speechbrain_s4m.lobes.encoder_masker_decoder import EncoderMaskerDecoder
 from speechbrain_s4m.lobes.s4m import S4MMaskNet
-from speechbrain_s4m.separator import EncoderMaskerDecoder
 
 COMPILED_SUFFIX = " (compiled)"
 
@@ -35,8 +35,8 @@ def compile_for_timing(name: str, model: EncoderMaskerDecoder, folder: str, log:
     Sepformer under ``torch.compile`` (compiled by a first call here)."""
     start = time.perf_counter()
     if isinstance(model.masknet, S4MMaskNet):
-        from speechbrain_s4m.aot_compile import compile_model
-        from speechbrain_s4m.compiled_runtime import CompiledSeparator
+        from speechbrain_s4m.export.compiled_packages import compile_model
+        from speechbrain_s4m.inference.compiled_runtime import CompiledSeparator
 
         figures = compile_model(model, SAMPLE_RATE, folder, steps_ms=())["separator"]
         compiled: nn.Module = RunnerModule(CompiledSeparator(folder))

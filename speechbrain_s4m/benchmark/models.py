@@ -1,6 +1,6 @@
 """The benchmarked models, built from the recipes' hparams files.
 
-Every model is a :class:`~speechbrain_s4m.separator.EncoderMaskerDecoder` over the
+Every model is a :class:`~speechbrain_s4m.lobes.encoder_masker_decoder.EncoderMaskerDecoder` over the
 ``Encoder``, ``MaskNet`` and ``Decoder`` of a recipe YAML, loaded with hyperpyyaml by
 :func:`load_recipe_model`, the one loading path of the benchmark:
 
@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 import torch
 from torch import nn
 
-from speechbrain_s4m.separator import EncoderMaskerDecoder
+from speechbrain_s4m.lobes.encoder_masker_decoder import EncoderMaskerDecoder
 
 SAMPLE_RATE = 16000  # the paper's Table 4 (LRS2-2Mix)
 REFERENCE = "Sepformer"  # every figure is also given as a ratio to this model's
@@ -106,7 +106,7 @@ def load_recipe_model(hparams_file: str, overrides: Optional[Mapping[str, Any]] 
     """
     from hyperpyyaml import load_hyperpyyaml
 
-    from speechbrain_s4m.separation import optimizer_parameter_groups
+    from speechbrain_s4m.training.brain import optimizer_parameter_groups
 
     if not os.path.isfile(hparams_file):
         raise ValueError(f"recipe hparams not found: {hparams_file}")

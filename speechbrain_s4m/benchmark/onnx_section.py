@@ -2,7 +2,7 @@
 from one run in one process.
 
 * **Offline, CPU-RTF-f on the paper's protocol**: every S4M model of ``--models`` is
-  exported to ``separator.onnx`` (:func:`~speechbrain_s4m.onnx_export.export_graphs`,
+  exported to ``separator.onnx`` (:func:`~speechbrain_s4m.export.onnx_graphs.export_graphs`,
   which checks it against PyTorch), then the eager model and the onnxruntime graph
   separate the same 1 s tracks at 16 kHz one at a time, taking turns round by round
   (:func:`~speechbrain_s4m.benchmark.timing.cpu_rtf`).
@@ -28,10 +28,10 @@ from torch import nn
 from speechbrain_s4m.benchmark.models import SAMPLE_RATE
 from speechbrain_s4m.benchmark.onnx_streaming import compare_step
 from speechbrain_s4m.benchmark.timing import RunnerModule, cpu_rtf
+from speechbrain_s4m.export.onnx_graphs import export_graphs
+from speechbrain_s4m.inference.onnx_runtime import OnnxSeparator
+from speechbrain_s4m.lobes.encoder_masker_decoder import EncoderMaskerDecoder
 from speechbrain_s4m.lobes.s4m import S4MMaskNet
-from speechbrain_s4m.onnx_export import export_graphs
-from speechbrain_s4m.onnx_runtime import OnnxSeparator
-from speechbrain_s4m.separator import EncoderMaskerDecoder
 
 ONNX_SUFFIX = " (onnxruntime)"
 

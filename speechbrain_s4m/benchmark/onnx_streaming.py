@@ -3,9 +3,9 @@ process: ``python -m speechbrain_s4m.benchmark.onnx_streaming [--chunks-ms 16,64
 
 For each step length the causal model of the LibriMix hparams (8 kHz, random weights:
 speed does not depend on them) is exported with
-:func:`~speechbrain_s4m.onnx_export.export_stream_step`; then the same noise is streamed
-a step at a time through :class:`~speechbrain_s4m.onnx_runtime.OnnxStreamingSeparator`
-and through PyTorch's :class:`~speechbrain_s4m.streaming.StreamingSeparator`, both on
+:func:`~speechbrain_s4m.export.onnx_graphs.export_stream_step`; then the same noise is streamed
+a step at a time through :class:`~speechbrain_s4m.inference.onnx_runtime.OnnxStreamingSeparator`
+and through PyTorch's :class:`~speechbrain_s4m.inference.streaming.StreamingSeparator`, both on
 ``--threads`` threads. Run it alone on the machine.
 
 Authors
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from speechbrain_s4m.benchmark.streaming import build_stream
-from speechbrain_s4m.onnx_export import export_stream_step
-from speechbrain_s4m.onnx_runtime import OnnxStreamingSeparator
+from speechbrain_s4m.export.onnx_graphs import export_stream_step
+from speechbrain_s4m.inference.onnx_runtime import OnnxStreamingSeparator
 
 
 def _per_step_ms(process, steps: Sequence[np.ndarray]) -> np.ndarray:

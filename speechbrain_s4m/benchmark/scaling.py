@@ -67,7 +67,7 @@ class ScalingSpec:
     keep_freed_memory : bool
         Keep freed memory for reuse (glibc ``mallopt``), in a process of its own.
     long_audio : bool
-        One pass through :func:`speechbrain_s4m.long_audio.separate_in_chunks` instead
+        One pass through :func:`speechbrain_s4m.inference.long_audio.separate_in_chunks` instead
         of the forwards, in chunks of ``chunk_s`` overlapping by ``overlap_s``.
     chunk_s, overlap_s : float
         The long-audio path's chunks.
@@ -241,7 +241,7 @@ def _timed_forwards(model: nn.Module, mix: torch.Tensor, spec: ScalingSpec, runs
     """Append the seconds of each timed pass to ``runs``; return how it separated."""
     with torch.inference_mode():
         if spec.long_audio:
-            from speechbrain_s4m.long_audio import separate_in_chunks
+            from speechbrain_s4m.inference.long_audio import separate_in_chunks
 
             start = time.perf_counter()
             separate_in_chunks(

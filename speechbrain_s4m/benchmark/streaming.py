@@ -1,5 +1,5 @@
 """The streaming section of ``s4m-bench``: causal S4M-tiny and S4M from the LibriMix
-recipe (8 kHz) run through :class:`~speechbrain_s4m.streaming.StreamingSeparator`
+recipe (8 kHz) run through :class:`~speechbrain_s4m.inference.streaming.StreamingSeparator`
 chunk by chunk, timing every call.
 
 Per model, thread count and chunk length: median and 99th-percentile compute time per
@@ -7,7 +7,7 @@ chunk, the real-time factor (compute per second of audio) and the algorithmic la
 per model, the growth of the resident memory between the first minute and the end of
 ``memory_minutes`` of streamed audio. For the chunk lengths of ``compiled_chunks_ms``,
 also the same stream with its step compiled ahead of time by TorchInductor as
-``s4m-compile`` compiles it (:func:`~speechbrain_s4m.aot_compile.compile_stream`, rows
+``s4m-compile`` compiles it (:func:`~speechbrain_s4m.export.compiled_packages.compile_stream`, rows
 ``"<model>, compiled"``; each compiles once per thread count and chunk length, for that
 thread count).
 
@@ -23,11 +23,11 @@ import torch
 
 from speechbrain_s4m.benchmark.models import TRAIN_HPARAMS_DIR, load_recipe_model, recipe_hparams_file
 from speechbrain_s4m.benchmark.report import COMPILED
+from speechbrain_s4m.inference.streaming import StreamingSeparator
 from speechbrain_s4m.resources import current_rss_bytes, set_torch_threads
-from speechbrain_s4m.streaming import StreamingSeparator
 
 if TYPE_CHECKING:
-    from speechbrain_s4m.compiled_runtime import CompiledStreamingSeparator
+    from speechbrain_s4m.inference.compiled_runtime import CompiledStreamingSeparator
 
 STREAMING_MODELS = ("S4M-tiny causal", "S4M causal")
 Stream = Union[StreamingSeparator, "CompiledStreamingSeparator"]
@@ -123,7 +123,7 @@ def streaming_section(
             for chunk_ms in chunks_ms:
                 rows.append(_timed_row(name, stream, count, seconds, chunk_ms, log))
             for chunk_ms in compiled_chunks_ms:
-                from speechbrain_s4m.aot_compile import compile_stream
+                from speechbrain_s4m.export.compiled_packages import compile_stream
 
                 compiled = compile_stream(stream, chunk_ms)
                 log(f"  {name}: compiled the {chunk_ms:g} ms step in {compiled.compile_seconds:.0f} s")

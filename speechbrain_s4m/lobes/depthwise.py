@@ -118,7 +118,7 @@ def sum_of_taps(
     """The depthwise convolution of :class:`DepthwiseConvolution` written as its ``K``
     taps, ``y[..., t] = b + sum_k w[:, k] x[..., stride t + k]``: ``K`` shifted
     multiply-adds, which a compiler fuses into one loop (a compiled stream step
-    decomposes the convolution into them, :mod:`speechbrain_s4m.inductor_lowering`).
+    decomposes the convolution into them, :mod:`speechbrain_s4m.export.inductor_lowering`).
     In eager mode oneDNN's single pass is faster at training sizes.
 
     Example

@@ -124,7 +124,7 @@ class SSMKernel(nn.Module):
     ``Lambda = -exp(log_neg_real) + i imag`` keeps ``Re(Lambda) < 0`` (stable).
     Complex parameters are stored as real views ``[..., 2]``. ``Lambda``, ``B``,
     ``P`` and ``log dt`` carry ``_optim = {"weight_decay": 0.0}`` (see
-    :func:`speechbrain_s4m.separation.optimizer_parameter_groups`).
+    :func:`speechbrain_s4m.training.brain.optimizer_parameter_groups`).
 
     Arguments
     ---------

@@ -14,7 +14,7 @@ whose complex states come in conjugate pairs, so that in the real basis
 
 two matrix products per chunk (:class:`ChunkOperators`). The operators are computed
 once per chunk length, in float64, from the discretised system; applying them needs no
-complex numbers and no FFT, so the stream of :mod:`speechbrain_s4m.streaming` and an
+complex numbers and no FFT, so the stream of :mod:`speechbrain_s4m.inference.streaming` and an
 exported graph evaluate the layer with the same code. The layer's own forward pass
 computes the same function by FFT convolution (:class:`~speechbrain_s4m.lobes.s4.S4`);
 the tests check that the two agree.

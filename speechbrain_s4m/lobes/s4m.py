@@ -104,10 +104,10 @@ def pairwise_mean(x: torch.Tensor) -> torch.Tensor:
     the two frames).
 
     An operator of its own (``torch.ops.speechbrain_s4m.pairwise_mean``), so that an
-    ONNX export lowers it to one ``AveragePool`` (:mod:`speechbrain_s4m.onnx_lowering`)
+    ONNX export lowers it to one ``AveragePool`` (:mod:`speechbrain_s4m.export.onnx_lowering`)
     instead of strided slices, which onnxruntime copies an element at a time, and
     that a compiled stream step decomposes into :func:`mean_of_pairs`
-    (:mod:`speechbrain_s4m.inductor_lowering`).
+    (:mod:`speechbrain_s4m.export.inductor_lowering`).
     """
     return mean_of_pairs(x, out=x.new_empty(*x.shape[:-1], x.shape[-1] // 2))  # contiguous, as the fake
 
@@ -250,9 +250,9 @@ def broadcast_gate(local: torch.Tensor, rho: torch.Tensor, tau: torch.Tensor) ->
 
     An operator of its own (``torch.ops.speechbrain_s4m.broadcast_gate``), so that an
     ONNX export lowers it as a whole, to ``Resize`` and a multiply-add
-    (:mod:`speechbrain_s4m.onnx_lowering`): onnxruntime repeats frames several times
+    (:mod:`speechbrain_s4m.export.onnx_lowering`): onnxruntime repeats frames several times
     faster than it broadcasts over a trailing axis of ``r``. A compiled stream step
-    decomposes it into :func:`gated_repetition` (:mod:`speechbrain_s4m.inductor_lowering`).
+    decomposes it into :func:`gated_repetition` (:mod:`speechbrain_s4m.export.inductor_lowering`).
     """
     batch, C, length = local.shape
     dtype = torch.promote_types(torch.promote_types(tau.dtype, local.dtype), rho.dtype)

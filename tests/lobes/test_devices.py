@@ -10,13 +10,13 @@ import torch.nn.functional as F
 from device_checks import SameDevice
 from speechbrain.lobes.models.dual_path import Decoder
 
+from speechbrain_s4m.inference.streaming import StreamingSeparator, StreamStep
 from speechbrain_s4m.lobes import S4, S4MMaskNet, WaveformEncoder
 from speechbrain_s4m.lobes.depthwise import DepthwiseConvolution
+from speechbrain_s4m.lobes.encoder_masker_decoder import EncoderMaskerDecoder
 from speechbrain_s4m.lobes.s4_kernel import DiagonalKernel, DPLRKernel
 from speechbrain_s4m.lobes.stream_state import StreamState
-from speechbrain_s4m.separation import start_from_mixture
-from speechbrain_s4m.separator import EncoderMaskerDecoder
-from speechbrain_s4m.streaming import StreamingSeparator, StreamStep
+from speechbrain_s4m.training.brain import start_from_mixture
 
 DEVICES = ["meta"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from speechbrain_s4m.benchmark import models, report
-from speechbrain_s4m.separator import EncoderMaskerDecoder
+from speechbrain_s4m.lobes.encoder_masker_decoder import EncoderMaskerDecoder
 
 
 def reference_s4m(sample_rate: int, decoder_s4: bool, num_blocks: int = 16) -> EncoderMaskerDecoder:

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Train and evaluate a separator on WSJ0-2Mix / WSJ0-3Mix: ``python train.py hparams/<s4m|s4m_tiny|sepformer>.yaml
---data_folder=<dataset root>`` (see README.md; the logic is speechbrain_s4m.separation)."""
+--data_folder=<dataset root>`` (see README.md; the logic is speechbrain_s4m.training.brain)."""
 
 import sys
 
-from speechbrain_s4m import recipe
 from speechbrain_s4m.data.preparation import prepare_wsj0mix
+from speechbrain_s4m.training import recipe
 
 if __name__ == "__main__":
     args = recipe.parse_arguments(sys.argv[1:])  # no model is built yet
