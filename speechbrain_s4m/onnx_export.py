@@ -1,0 +1,5 @@
+"""Moved to :mod:`speechbrain_s4m.export.onnx_graphs`; this path works until release 0.3.0."""
+
+from speechbrain_s4m._moved import alias
+
+alias(__name__)
