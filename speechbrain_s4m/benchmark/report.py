@@ -587,8 +587,8 @@ def check_targets(record: Dict[str, object]) -> List[Dict[str, str]]:
 
 
 MACS_VERSUS_PAPER = (
-    "Why the MACs differ from the paper's (thop on the authors' code): README, section "
-    "'Efficiency: paper Table 4, side by side with Sepformer'."
+    "Why the MACs differ from the paper's (thop on the authors' code): docs/benchmarks.md, "
+    "section 'What the misses come from'."
 )
 
 
