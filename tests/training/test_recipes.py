@@ -29,8 +29,10 @@ pytestmark = pytest.mark.slow  # trains recipes (see tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = {"WSJ0Mix": make_wsj0mix, "LibriMix": make_librimix, "LRS2Mix": make_lrs2mix}
-HPARAMS = ["s4m", "s4m_tiny", "sepformer"]
-CAUSAL_HPARAMS = ["s4m_causal", "s4m_tiny_causal"]  # trained end to end in the LibriMix recipe only
+HPARAMS = ["s4m", "s4m_tiny", "sepformer", "conv_tasnet", "dprnn", "skim", "resepformer"]
+# trained end to end in the LibriMix recipe only
+CAUSAL_HPARAMS = ["s4m_causal", "s4m_tiny_causal", "conv_tasnet_causal", "skim_causal"]
+S4M_CAUSAL = ["s4m_causal", "s4m_tiny_causal"]  # the offline model's Model section plus causal: True
 MODEL_MARKER = "# ###################################################################### Model"
 COMMON_MARKER = "# ################################################################# Experiment"
 
@@ -41,6 +43,24 @@ SMALL = {
     "s4m_causal": ["--num_blocks=2", "--hidden_channels=32"],
     "s4m_tiny_causal": ["--num_blocks=2", "--hidden_channels=32"],
     "sepformer": ["--num_transformer_layers=1", "--N_encoder_out=64", "--out_channels=64"],
+    "conv_tasnet": [
+        "--num_repeats=1",
+        "--num_blocks=2",
+        "--N_encoder_out=32",
+        "--bottleneck_channels=32",
+        "--hidden_channels=32",
+    ],
+    "conv_tasnet_causal": [
+        "--num_repeats=1",
+        "--num_blocks=2",
+        "--N_encoder_out=32",
+        "--bottleneck_channels=32",
+        "--hidden_channels=32",
+    ],
+    "dprnn": ["--num_layers=1", "--N_encoder_out=32", "--out_channels=32"],
+    "skim": ["--num_layers=1", "--N_encoder_out=32", "--RNN_latent_size=32"],
+    "skim_causal": ["--num_layers=1", "--N_encoder_out=32", "--RNN_latent_size=32"],
+    "resepformer": ["--num_transformer_layers=1", "--N_encoder_out=32"],
 }
 
 
@@ -89,7 +109,7 @@ def test_hparams_files_differ_only_in_the_model_section(recipe):
         models[name] = header_and_model.split(MODEL_MARKER)[1]
     assert all(common == commons[0] for common in commons)
     assert len(set(models.values())) == len(models)
-    for name in CAUSAL_HPARAMS:  # the offline model's section plus causal: True
+    for name in S4M_CAUSAL:  # the offline model's section plus causal: True
         offline = models[name.replace("_causal", "")].splitlines()
         causal = models[name].splitlines()
         assert [line for line in causal if line not in offline] == [
