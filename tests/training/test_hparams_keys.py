@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from hyperpyyaml import load_hyperpyyaml
+from tiny_runs import small_overrides
 
 from speechbrain_s4m.training.hparams_keys import BRAIN_KEYS, RECIPE_KEYS, check_hparams
 
@@ -13,7 +14,7 @@ YAMLS = sorted(REPO.glob("recipes/*/separation/hparams/*.yaml"))
 
 
 def load(path, tmp_path, *overrides):
-    small = ["num_blocks: 1"] if "s4m" in path.name else ["num_transformer_layers: 1"]
+    small = [f"{key}: {value}" for key, value in small_overrides(path.stem).items()]
     options = [f"data_folder: {tmp_path / 'data'}", f"output_folder: {tmp_path / 'out'}", *small, *overrides]
     with open(path, encoding="utf-8") as handle:
         return load_hyperpyyaml(handle, "\n".join(options))

@@ -22,6 +22,7 @@ from tiny_datasets import (
     make_wsj0_speaker_folder,
     make_wsj0mix,
 )
+from tiny_runs import SMALL
 
 from speechbrain_s4m.training.curves import read_training_curve
 
@@ -35,33 +36,6 @@ CAUSAL_HPARAMS = ["s4m_causal", "s4m_tiny_causal", "conv_tasnet_causal", "skim_c
 S4M_CAUSAL = ["s4m_causal", "s4m_tiny_causal"]  # the offline model's Model section plus causal: True
 MODEL_MARKER = "# ###################################################################### Model"
 COMMON_MARKER = "# ################################################################# Experiment"
-
-# Small models, same code path: fewer unfolded passes / channels / transformer layers.
-SMALL = {
-    "s4m": ["--num_blocks=2", "--hidden_channels=32"],
-    "s4m_tiny": ["--num_blocks=2", "--hidden_channels=32"],
-    "s4m_causal": ["--num_blocks=2", "--hidden_channels=32"],
-    "s4m_tiny_causal": ["--num_blocks=2", "--hidden_channels=32"],
-    "sepformer": ["--num_transformer_layers=1", "--N_encoder_out=64", "--out_channels=64"],
-    "conv_tasnet": [
-        "--num_repeats=1",
-        "--num_blocks=2",
-        "--N_encoder_out=32",
-        "--bottleneck_channels=32",
-        "--hidden_channels=32",
-    ],
-    "conv_tasnet_causal": [
-        "--num_repeats=1",
-        "--num_blocks=2",
-        "--N_encoder_out=32",
-        "--bottleneck_channels=32",
-        "--hidden_channels=32",
-    ],
-    "dprnn": ["--num_layers=1", "--N_encoder_out=32", "--out_channels=32"],
-    "skim": ["--num_layers=1", "--N_encoder_out=32", "--RNN_latent_size=32"],
-    "skim_causal": ["--num_layers=1", "--N_encoder_out=32", "--RNN_latent_size=32"],
-    "resepformer": ["--num_transformer_layers=1", "--N_encoder_out=32"],
-}
 
 
 def train_command(recipe, hparams, data_folder, output_folder, *extra):
