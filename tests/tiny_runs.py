@@ -51,7 +51,8 @@ def small_overrides(hparams: str) -> dict:
 
 def train_tiny(data, out, hparams: str = "s4m_tiny", epochs: int = 2) -> None:
     """Train ``recipes/LibriMix/separation/hparams/<hparams>.yaml`` on ``data`` into
-    ``out`` (2 unfolded passes of 32 channels, CPU, no workers)."""
+    ``out``, narrowed by :data:`SMALL` (S4M: 2 unfolded passes of 32 channels), on the
+    CPU, with no workers."""
     recipe = REPO / "recipes" / "LibriMix" / "separation"
     command = [
         sys.executable,
@@ -63,8 +64,7 @@ def train_tiny(data, out, hparams: str = "s4m_tiny", epochs: int = 2) -> None:
         "--num_workers=0",
         "--noprogressbar",
         f"--N_epochs={epochs}",
-        "--num_blocks=2",
-        "--hidden_channels=32",
+        *SMALL[hparams],
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)

@@ -67,11 +67,10 @@ from speechbrain_s4m.inference.compiled_runtime import (
     CompiledStreamingSeparator,
     build_stamp,
 )
-from speechbrain_s4m.inference.model_folder import require_model_folder
+from speechbrain_s4m.inference.model_folder import require_model_folder, require_s4m
 from speechbrain_s4m.inference.streaming import StreamingSeparator, StreamStep
 from speechbrain_s4m.lobes.encoder_masker_decoder import EncoderMaskerDecoder
 from speechbrain_s4m.lobes.s4_recurrence import MAX_CHUNK
-from speechbrain_s4m.lobes.s4m import S4MMaskNet
 from speechbrain_s4m.resources import set_torch_threads
 
 DEFAULT_STEPS_MS = (8.0, 16.0)
@@ -152,10 +151,11 @@ def compile_model(
     ParityError
         When a package differs from PyTorch (``out_dir`` is then left as it was).
     """
-    if not isinstance(model.masknet, S4MMaskNet):
-        raise ValueError(
-            f"s4m-compile compiles S4M and S4M-tiny mask networks (S4MMaskNet); got {type(model.masknet).__name__}"
-        )
+    require_s4m(
+        model.masknet,
+        "s4m-compile",
+        "Its packages are the graphs s4m-export-onnx exports, S4M's, compiled.",
+    )
     require_compiler()
     model = model.eval()
     mix = check_signal(sample_rate) if check_mix is None else np.asarray(check_mix, dtype=np.float32)

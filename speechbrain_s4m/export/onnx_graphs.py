@@ -61,7 +61,7 @@ from speechbrain_s4m.export.graph_folder import (
 )
 from speechbrain_s4m.export.onnx_lowering import translation_table
 from speechbrain_s4m.export.speechbrain_folder import load_for_export
-from speechbrain_s4m.inference.model_folder import require_model_folder
+from speechbrain_s4m.inference.model_folder import UnsupportedBackbone, require_model_folder, require_s4m
 from speechbrain_s4m.inference.onnx_runtime import METADATA
 from speechbrain_s4m.inference.streaming import StreamingSeparator, StreamStep
 from speechbrain_s4m.lobes.encoder_masker_decoder import EncoderMaskerDecoder, first_layer
@@ -85,6 +85,13 @@ def parity_check(graph_dir: str, streaming: StreamingSeparator, mix: np.ndarray)
     from speechbrain_s4m.inference.onnx_runtime import OnnxStreamingSeparator
 
     return stream_parity(OnnxStreamingSeparator(graph_dir), streaming, mix)
+
+
+# why another backbone is refused (speechbrain_s4m.inference.model_folder.require_s4m)
+WHY_ONLY_S4M = (
+    "The graph is S4M's, lowered to real arithmetic (its S4 layers as chunk scans, its operators as "
+    "onnxruntime computes them exactly)."
+)
 
 
 # ------------------------------------------------------------------ the offline graph
@@ -129,11 +136,7 @@ class SeparatorGraph(nn.Module):
 
     def __init__(self, model: EncoderMaskerDecoder):
         super().__init__()
-        if not isinstance(model.masknet, S4MMaskNet):
-            raise ValueError(
-                f"s4m-export-onnx exports S4M and S4M-tiny mask networks (S4MMaskNet); got "
-                f"{type(model.masknet).__name__}"
-            )
+        require_s4m(model.masknet, "s4m-export-onnx", WHY_ONLY_S4M)
         self.model = EncoderMaskerDecoder(model.encoder, scanned_mask_net(model.masknet), model.decoder).eval()
         convolution = first_layer(model.encoder, nn.Conv1d, "SeparatorGraph: encoder")
         self.kernel, self.stride = int(convolution.kernel_size[0]), int(convolution.stride[0])
@@ -254,6 +257,7 @@ def export_graphs(
         When a parity check fails (``out_dir`` is left as it was), or the mask network
         is not an S4MMaskNet.
     """
+    require_s4m(model.masknet, "s4m-export-onnx", WHY_ONLY_S4M)
     model = model.eval()
     mix = check_signal(sample_rate) if check_mix is None else np.asarray(check_mix, dtype=np.float32)
     graphs = {
@@ -349,6 +353,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         figures = export_onnx(args.model_dir, args.out_dir, args.chunk_ms, args.force, args.check_audio)
     except (FileNotFoundError, FileExistsError) as error:
+        return usage_error("s4m-export-onnx", error)
+    except UnsupportedBackbone as error:
         return usage_error("s4m-export-onnx", error)
     except ValueError as error:
         print(f"s4m-export-onnx: error: {error}", file=sys.stderr)

@@ -32,6 +32,7 @@ from torch import nn
 
 from speechbrain_s4m.data.audio import audio_info, non_finite_count
 from speechbrain_s4m.frame_geometry import final_frames, whole_blocks
+from speechbrain_s4m.inference.model_folder import require_s4m
 from speechbrain_s4m.lobes.encoder_masker_decoder import EncoderMaskerDecoder, first_layer
 from speechbrain_s4m.lobes.stream_state import StreamState
 from speechbrain_s4m.resources import current_rss_bytes
@@ -76,7 +77,13 @@ class StreamingSeparator:
     """
 
     def __init__(self, encoder: nn.Module, masknet: nn.Module, decoder: nn.Module, sample_rate: Optional[int] = None):
-        if not getattr(masknet, "causal", False):
+        require_s4m(
+            masknet,
+            "streaming",
+            "The stream carries S4M's own state from chunk to chunk (its S4 recurrences and causal "
+            "convolutions); SpeechBrain's separators keep none.",
+        )
+        if not masknet.causal:
             raise ValueError(
                 f"StreamingSeparator: streaming needs a causal=True model; got a non-causal "
                 f"{type(masknet).__name__} (train one with hparams/s4m_causal.yaml or "

@@ -15,6 +15,7 @@ from speechbrain.lobes.models.dual_path import Decoder
 
 from speechbrain_s4m.export import graph_folder, onnx_graphs
 from speechbrain_s4m.export.onnx_graphs import SeparatorGraph, export_graphs, export_stream_step
+from speechbrain_s4m.inference.model_folder import UnsupportedBackbone
 from speechbrain_s4m.inference.onnx_runtime import OnnxSeparator, OnnxStreamingSeparator
 from speechbrain_s4m.inference.streaming import StreamingSeparator
 from speechbrain_s4m.lobes import S4MMaskNet, WaveformEncoder
@@ -211,7 +212,9 @@ def test_group_norms_export_as_exactly_as_pytorch_computes_them_over_a_minute(tm
 
 def test_the_separator_graph_names_the_mask_networks_it_exports():
     encoder, _, decoder = _random_lobes(num_blocks=1, hidden=8)
-    with pytest.raises(ValueError, match="exports S4M and S4M-tiny mask networks .* got Identity"):
+    with pytest.raises(
+        UnsupportedBackbone, match=r"s4m-export-onnx needs an S4M .* is torch.nn.modules.linear.Identity"
+    ):
         SeparatorGraph(EncoderMaskerDecoder(encoder, torch.nn.Identity(), decoder))
 
 
