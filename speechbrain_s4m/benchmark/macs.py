@@ -51,7 +51,12 @@ MAC counting rule (1 MAC = one real multiply-accumulate; batch 1, 1 s of 16 kHz 
       E^2) and the attention products QK^T and AV (2 L S E) per example, which thop
       misses (its projections are functional calls).
   Elementwise products (local-attention gating, GLU, masks) count 0 in both figures,
-  as thop counts activations."""
+  as thop counts activations.
+  LSTMs (DPRNN, SkiM): thop's rule for nn.LSTM (each step's input and hidden-state
+  products of the four gates, and the gates' elementwise products).
+  Not seen by thop, and not added: SpeechBrain's own GlobalLayerNorm,
+  ChannelwiseLayerNorm and CumulativeLayerNorm modules (Conv-TasNet, SkiM,
+  RE-SepFormer; about 4 MACs per element, a few % of their totals)."""
 
 
 def rfft_macs(n: int) -> float:

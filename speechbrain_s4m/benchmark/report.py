@@ -628,7 +628,8 @@ def report(record: Dict[str, object]) -> str:
             main_table(record["models"]),
             "",
             "'X / Sep' columns: the figure divided by Sepformer's in this run (lower is better).",
-            "CPU-RTF-f: seconds per 1 s track (10 tracks one at a time, median of rounds).",
+            f"CPU-RTF-f: seconds per 1 s track ({record['settings'].get('tracks', 10)} tracks one at a time, "
+            f"median of {record['settings'].get('repeats', 5)} rounds).",
             "",
             paper_table(list(record["models"])),
             "",

@@ -446,7 +446,7 @@ def test_train_section_end_to_end(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--models", "Nope"], "unknown model 'Nope'; choose from ['S4M', 'S4M causal', 'S4M-tiny', 'S4M-tiny causal'"),
+        (["--models", "Nope"], "unknown model 'Nope'; choose from ['Conv-TasNet', 'Conv-TasNet causal', 'DPRNN'"),
         (["--models", "S4M", "--scaling-models", "ConvTasNet"], "unknown model 'ConvTasNet'"),
         (["--sections", "speed"], "unknown section 'speed'; choose from params,macs,cpu,gpu,train,scaling,streaming"),
         (["--sections", "params,mac"], "unknown section 'mac'"),
@@ -488,3 +488,17 @@ def test_help_states_the_counting_rule_and_the_exit_statuses(capsys):
     assert stop.value.code == 0
     printed = capsys.readouterr().out
     assert "MAC counting rule" in printed and "exit status: 0 success" in printed
+
+
+def test_all_models_in_one_run(tmp_path, capsys):
+    """``--models all``: every recipe model, SpeechBrain's separators included, has its
+    row of parameters and MACs from one run (full size: building and counting only)."""
+    assert cli.main(["--models", "all", "--sections", "params,macs", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((tmp_path / "bench.json").read_text())
+    assert list(record["models"]) == list(models.RECIPE_HPARAMS)
+    for name in ["Conv-TasNet", "Conv-TasNet causal", "DPRNN", "SkiM", "SkiM causal", "RE-SepFormer"]:
+        result = record["models"][name]
+        assert result["params"] > 1e6 and result["macs"]["thop"] > 1e9, (name, result)
+        assert any(line.startswith(f"| {name} | ") for line in printed.splitlines())
+    assert record["models"]["DPRNN"]["macs"]["thop"] > record["models"]["SkiM"]["macs"]["thop"]  # LSTMs counted
