@@ -145,7 +145,7 @@ def recipe_hparams_file(name: str, hparams_dir: str = FORWARD_HPARAMS_DIR) -> st
     >>> recipe_hparams_file("Nope")
     Traceback (most recent call last):
     ...
-    ValueError: unknown model 'Nope'; choose from ['S4M', 'S4M causal', 'S4M-tiny', 'S4M-tiny causal', 'Sepformer']
+    ValueError: unknown model 'Nope'; choose from ['Conv-TasNet', 'Conv-TasNet causal', 'DPRNN', ...]
     """
     if name not in RECIPE_HPARAMS:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(RECIPE_HPARAMS)}")
@@ -192,7 +192,7 @@ def check_overrides(overrides: Overrides, what: str) -> None:
     >>> check_overrides({"ConvTasNet": {"N": 1}}, "model overrides")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: model overrides for models without a recipe: ['ConvTasNet']; recipes: ['S4M', ...]
+    ValueError: model overrides for models without a recipe: ['ConvTasNet']; recipes: ['Conv-TasNet', ...]
     """
     if not isinstance(overrides, dict) or not all(isinstance(value, dict) for value in overrides.values()):
         raise ValueError(f"{what}: expected {{model: {{key: value}}}}, got {overrides!r}")
