@@ -43,9 +43,11 @@ def plot_scaling(scaling: Dict[str, List[Dict[str, object]]], path: str) -> Opti
     series = {name: _measured(entries) for name, entries in scaling.items()}
     if not any("time_s" in e for rows in series.values() for e in rows):
         return None
-    fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(12, 4))
+    # one color per model: matplotlib's 10 by default, tab20's 20 beyond that
+    palette = plt.get_cmap("tab20").colors if len(series) > 10 else [f"C{index}" for index in range(10)]
     for index, (name, rows) in enumerate(series.items()):
-        color = f"C{index}"
+        color = palette[index % len(palette)]
         ok = [e for e in rows if "time_s" in e]
         failed = [e for e in rows if "time_s" not in e]
         if ok:
@@ -70,7 +72,7 @@ def plot_scaling(scaling: Dict[str, List[Dict[str, object]]], path: str) -> Opti
     time_ax.plot([], [], "k:", linewidth=1, label="linear from the shortest length")
     time_ax.set(xlabel="input length (s)", ylabel="forward time (s)", title="CPU forward time")
     memory_ax.set(xlabel="input length (s)", ylabel="peak memory (MiB)", title="peak memory of the forward")
-    time_ax.legend(fontsize=8)
+    fig.legend(*time_ax.get_legend_handles_labels(), loc="center right", fontsize=8)
     lengths = sorted({float(e["seconds"]) for rows in series.values() for e in rows})
     plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
     for ax in (time_ax, memory_ax):
@@ -79,7 +81,7 @@ def plot_scaling(scaling: Dict[str, List[Dict[str, object]]], path: str) -> Opti
         ax.xaxis.set_major_formatter(plain)
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.yaxis.set_major_formatter(plain)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.84, 1))  # the legend beside the two plots
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
