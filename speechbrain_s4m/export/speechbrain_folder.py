@@ -26,7 +26,7 @@ from ruamel.yaml import YAML
 from speechbrain.utils.checkpoints import Checkpointer
 
 from speechbrain_s4m.cli import command_parser, usage_error
-from speechbrain_s4m.inference.model_folder import load_exported, require_model_folder
+from speechbrain_s4m.inference.model_folder import load_exported
 
 MODULE_KEYS = {"encoder": "Encoder", "masknet": "MaskNet", "decoder": "Decoder"}
 BEST_KEY = "si-snr"  # validation loss (-SI-SNR) saved in each end-of-epoch checkpoint
@@ -224,8 +224,7 @@ def load_for_export(model_dir: str, check_audio: Optional[str] = None):
     from speechbrain_s4m.data.audio import read_audio
     from speechbrain_s4m.lobes.encoder_masker_decoder import EncoderMaskerDecoder
 
-    require_model_folder(model_dir)
-    separator = load_exported(model_dir)
+    separator = load_exported(model_dir)  # FileNotFoundError when it is not a model folder
     mods, sample_rate = separator.mods, int(separator.hparams.sample_rate)
     check_mix = None
     if check_audio is not None:
